@@ -1,0 +1,131 @@
+"""Text → sections of options, each knowing its line (the grammar lives in ``grammars/darknet_cfg.lark``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from .errors import CfgSyntaxError, Location
+
+Warn = Callable[[str], None]
+
+GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "darknet_cfg.lark"
+
+_TERMINAL_NAMES = {
+    "_NL": "end of line",
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "WORD": "a word",
+    "EQUAL": "'='",
+    "COMMA": "','",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "$END": "end of file",
+}
+
+
+@dataclass
+class Option:
+    """One ``key=value`` line. ``value`` is the text darknet would see (whitespace removed)."""
+
+    key: str
+    value: str
+    line: int = 0
+
+
+@dataclass
+class Section:
+    """One ``[name]`` block with its options in file order."""
+
+    name: str
+    line: int = 0
+    options: list[Option] = field(default_factory=list)
+
+
+class _ToSections(Transformer):
+    def __init__(self, filename: str, warn: Warn):
+        super().__init__()
+        self.filename = filename
+        self.warn = warn
+
+    def start(self, sections: list[Section]) -> list[Section]:
+        return sections
+
+    def section(self, items: list) -> Section:
+        name: Token = items[0]
+        return Section(str(name), name.line, list(items[1:]))
+
+    def option(self, items: list) -> Option:
+        key: Token = items[0]
+        return Option(str(key), items[1], key.line)
+
+    def numbers(self, pieces: list[str]) -> str:
+        return ",".join(pieces)
+
+    def glued(self, tokens: list[Token]) -> str:
+        if len(tokens) > 1:
+            where = Location(self.filename, tokens[0].line, tokens[0].column)
+            spaced = " ".join(tokens)
+            self.warn(f"{where}: '{spaced}' has no comma; darknet deletes the spaces and reads {''.join(tokens)}")
+        return "".join(tokens)
+
+    def word(self, tokens: list[Token]) -> str:
+        return str(tokens[0])
+
+
+@cache
+def _parser() -> Lark:
+    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=False, maybe_placeholders=False)
+
+
+def parse_text(text: str, filename: str = "<string>", warn: Warn = print) -> list[Section]:
+    """Parse cfg text into sections. Raises :class:`CfgSyntaxError` naming ``file:line:column``.
+
+    ``warn`` receives one line per suspicious but legal construct (darknet accepts them silently).
+    """
+    text = text.removeprefix("\ufeff")
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as exc:
+        raise CfgSyntaxError(_describe(exc, text), Location(filename, exc.line, exc.column)) from None
+    return _ToSections(filename, warn).transform(tree)
+
+
+def parse_file(path: str | Path, warn: Warn = print) -> list[Section]:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CfgSyntaxError(f"cannot read cfg: {exc.strerror}", path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CfgSyntaxError("not a text file (invalid UTF-8)", Location(str(path), line)) from None
+    return parse_text(text, str(path), warn)
+
+
+def _describe(exc: UnexpectedInput, text: str) -> str:
+    if isinstance(exc, UnexpectedToken):
+        token_type = exc.token.type
+        found = _TERMINAL_NAMES[token_type] if token_type in ("_NL", "$END") else repr(str(exc.token))
+        expected_names = exc.expected
+    else:
+        token_type = ""
+        found = repr(text[exc.pos_in_stream]) if exc.pos_in_stream < len(text) else "end of file"
+        expected_names = getattr(exc, "allowed", None) or ()
+    expected = sorted({_TERMINAL_NAMES.get(name, name) for name in expected_names})
+    message = f"expected {' or '.join(expected) or 'something else'}, found {found}"
+    if "'='" in expected:
+        message += " (options are written key=value)"
+    elif token_type in ("NAME", "WORD") and "'['" in expected:
+        message += " (options must follow a [section] header)"
+    elif "a number" in expected and "a word" in expected:
+        message += " (an option needs a value)"
+    return message

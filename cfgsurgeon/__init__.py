@@ -1,0 +1,28 @@
+"""cfgsurgeon: darknet .cfg transpiler and model-surgery tool for YOLO.
+
+The pipeline reads one way: ``parse`` (text → sections) → ``ir`` (typed graph) → ``surgery`` → ``emit``.
+"""
+
+from .emit.cfg import cfg_text, write_cfg
+from .errors import CfgError, CfgSurgeonError, CfgSyntaxError, Location, UsageError, WeightsError
+from .ir import Graph, load_cfg, loads_cfg
+from .weights import WeightsHeader, read_weights, write_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CfgError",
+    "CfgSurgeonError",
+    "CfgSyntaxError",
+    "Graph",
+    "Location",
+    "UsageError",
+    "WeightsError",
+    "WeightsHeader",
+    "cfg_text",
+    "load_cfg",
+    "loads_cfg",
+    "read_weights",
+    "write_cfg",
+    "write_weights",
+]

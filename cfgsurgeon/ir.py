@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import CfgError, Location
 from .layers import LAYER_TYPES, UNSUPPORTED, Layer, Net, Node, Ref, Shape
 from .parse import Section, Warn, parse_file, parse_text
+
+if TYPE_CHECKING:
+    from .weights import WeightsHeader
 
 
 class Graph:
@@ -26,6 +30,7 @@ class Graph:
         self.net = net
         self.layers = layers
         self.source = source
+        self.weights_header: WeightsHeader | None = None  # set when weights are read
         self.infer()
 
     # -- construction ----------------------------------------------------------------------------------
@@ -98,7 +103,10 @@ class Graph:
                 (key, tuple((self.index_of(ref.target), ref.relative) for ref in refs))
                 for key, refs in sorted(getattr(node, "sources", {}).items())
             )
-            return (node.kind, node.header, tuple(sorted(node.options.items())), refs, node.out_shape)
+            options = tuple(
+                sorted((k, v) for k, v in node.options.items() if k not in getattr(node, "refs", ()))
+            )
+            return (node.kind, node.header, options, refs, node.out_shape)
 
         return (node_sig(self.net), *(node_sig(layer) for layer in self.layers))
 
@@ -117,8 +125,10 @@ def _make_node(node_type: type[Node], section: Section, source: str, warn: Warn)
     lines: dict[str, int] = {}
     for option in section.options:
         if option.key in options:
-            warn(f"{source}:{option.line}: option '{option.key}' repeated; darknet uses the first "
-                 f"(line {lines[option.key]})")
+            warn(
+                f"{source}:{option.line}: option '{option.key}' repeated; darknet uses the first "
+                f"(line {lines[option.key]})"
+            )
             continue
         options[option.key] = option.value
         lines[option.key] = option.line
@@ -130,7 +140,7 @@ def _make_node(node_type: type[Node], section: Section, source: str, warn: Warn)
 def _resolve_refs(layer: Layer, earlier: list[Layer]) -> None:
     """Turn index options into :class:`Ref` edges (negative = relative to this layer, as in darknet)."""
     for key in layer.refs:
-        text = layer.options.pop(key, None)
+        text = layer.options.get(key)
         if text is None:
             if key in layer.required_refs:
                 raise CfgError(f"[{layer.header}] needs '{key}='", layer.where())

@@ -3,8 +3,8 @@ tensors it stores in a ``.weights`` file (in file order).
 
 Options stay in ``Layer.options`` as the text darknet would read (the single source of truth, so writing a cfg
 back is lossless); the :class:`Opt` descriptors give typed access with darknet's defaults. Options that name
-other layers (``layers=``, ``from=``, ``share_index=``, ``yolo_layer=``) are resolved into :class:`Ref` edges by
-the graph builder and are not kept as text.
+other layers (``layers=``, ``from=``, ``share_index=``, ``yolo_layer=``) are resolved into :class:`Ref` edges
+by the graph builder; their text stays only to keep the option's place, and the cfg writer recomputes it.
 """
 
 from __future__ import annotations
@@ -21,15 +21,46 @@ from .errors import CfgError, Location
 Shape = tuple[int, int, int]  # (channels, height, width), darknet's C×H×W
 
 ACTIVATIONS = frozenset(
-    "logistic swish mish hard_mish normalize_channels normalize_channels_softmax "
-    "normalize_channels_softmax_maxval loggy relu relu6 elu selu gelu relie plse hardtan lhtan linear ramp "
-    "revleaky leaky tanh stair".split()
+    [
+        "logistic",
+        "swish",
+        "mish",
+        "hard_mish",
+        "normalize_channels",
+        "normalize_channels_softmax",
+        "normalize_channels_softmax_maxval",
+        "loggy",
+        "relu",
+        "relu6",
+        "elu",
+        "selu",
+        "gelu",
+        "relie",
+        "plse",
+        "hardtan",
+        "lhtan",
+        "linear",
+        "ramp",
+        "revleaky",
+        "leaky",
+        "tanh",
+        "stair",
+    ]
 )
 
 # Read by darknet for every section (parse_network_cfg_custom); kept verbatim, not interpreted here.
 COMMON_KEYS = frozenset(
-    "clip onlyforward dont_update burnin_update stopbackward train_only_bn dontload dontloadscales "
-    "learning_rate".split()
+    [
+        "clip",
+        "onlyforward",
+        "dont_update",
+        "burnin_update",
+        "stopbackward",
+        "train_only_bn",
+        "dontload",
+        "dontloadscales",
+        "learning_rate",
+    ]
 )
 
 _INT = re.compile(r"[-+]?\d+")
@@ -93,10 +124,14 @@ class Opt:
         try:
             value = self.parsers[self.kind](text)
         except ValueError as exc:
-            raise CfgError(f"option '{self.key}' expects {exc}, found '{text}'", layer.where(self.key)) from None
+            raise CfgError(
+                f"option '{self.key}' expects {exc}, found '{text}'", layer.where(self.key)
+            ) from None
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(sorted(self.choices))
-            raise CfgError(f"option '{self.key}' has unknown value '{text}' (one of: {allowed})", layer.where(self.key))
+            raise CfgError(
+                f"option '{self.key}' has unknown value '{text}' (one of: {allowed})", layer.where(self.key)
+            )
         return value
 
     def __get__(self, layer: Node | None, owner: type) -> Any:
@@ -113,7 +148,7 @@ class Opt:
 
 @dataclass
 class Ref:
-    """An edge named in the cfg by index; ``relative`` keeps the user's form (``-3`` vs ``12``) for writing."""
+    """An edge named in the cfg by index; ``relative`` keeps the user's form (``-3`` or ``12``)."""
 
     target: Node
     relative: bool
@@ -126,8 +161,14 @@ class Node:
     names: ClassVar[tuple[str, ...]] = ()
     known_keys: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, header: str, options: dict[str, str], file: str = "<string>", line: int = 0,
-                 option_lines: dict[str, int] | None = None):
+    def __init__(
+        self,
+        header: str,
+        options: dict[str, str],
+        file: str = "<string>",
+        line: int = 0,
+        option_lines: dict[str, int] | None = None,
+    ):
         self.header = header
         self.options = options
         self.file = file
@@ -156,7 +197,9 @@ class Node:
         for key, text in self.options.items():
             if key in typed:
                 typed[key].parse(self, text)
-            elif key not in self.known_keys and key not in COMMON_KEYS:
+            elif (
+                key not in self.known_keys and key not in COMMON_KEYS and key not in getattr(self, "refs", ())
+            ):
                 warn(f"{self.where(key)}: unknown option '{key}' in [{self.header}] (kept as written)")
 
 
@@ -166,14 +209,74 @@ class Net(Node):
     kind = "net"
     names = ("net", "network")
     known_keys = frozenset(
-        "max_batches batch learning_rate learning_rate_min sgdr_cycle sgdr_mult momentum decay subdivisions "
-        "time_steps track augment_speed sequential_subdivisions try_fix_nan weights_reject_freq "
-        "equidistant_point badlabels_rejection_percentage num_sigmas_reject_badlabels ema_alpha use_cuda_graph "
-        "loss_scale dynamic_minibatch optimized_memory workspace_size_limit_MB adam B1 B2 eps inputs max_crop "
-        "min_crop flip blur gaussian_noise mixup cutmix mosaic letter_box mosaic_bound contrastive "
-        "contrastive_jit_flip contrastive_color unsupervised label_smooth_eps resize_step attention "
-        "adversarial_lr max_chart_loss angle aspect saturation exposure hue power policy burn_in step scale "
-        "steps scales seq_scales gamma show_receptive_field beta1 max_epochs seen".split()
+        [
+            "max_batches",
+            "batch",
+            "learning_rate",
+            "learning_rate_min",
+            "sgdr_cycle",
+            "sgdr_mult",
+            "momentum",
+            "decay",
+            "subdivisions",
+            "time_steps",
+            "track",
+            "augment_speed",
+            "sequential_subdivisions",
+            "try_fix_nan",
+            "weights_reject_freq",
+            "equidistant_point",
+            "badlabels_rejection_percentage",
+            "num_sigmas_reject_badlabels",
+            "ema_alpha",
+            "use_cuda_graph",
+            "loss_scale",
+            "dynamic_minibatch",
+            "optimized_memory",
+            "workspace_size_limit_MB",
+            "adam",
+            "B1",
+            "B2",
+            "eps",
+            "inputs",
+            "max_crop",
+            "min_crop",
+            "flip",
+            "blur",
+            "gaussian_noise",
+            "mixup",
+            "cutmix",
+            "mosaic",
+            "letter_box",
+            "mosaic_bound",
+            "contrastive",
+            "contrastive_jit_flip",
+            "contrastive_color",
+            "unsupervised",
+            "label_smooth_eps",
+            "resize_step",
+            "attention",
+            "adversarial_lr",
+            "max_chart_loss",
+            "angle",
+            "aspect",
+            "saturation",
+            "exposure",
+            "hue",
+            "power",
+            "policy",
+            "burn_in",
+            "step",
+            "scale",
+            "steps",
+            "scales",
+            "seq_scales",
+            "gamma",
+            "show_receptive_field",
+            "beta1",
+            "max_epochs",
+            "seen",
+        ]
     )
     width = Opt(0)
     height = Opt(0)
@@ -243,8 +346,23 @@ class Convolutional(Layer):
     names = ("convolutional", "conv")
     refs = ("share_index",)
     known_keys = frozenset(
-        "assisted_excitation cbn bin_output sway rotate stretch stretch_sway flipped dot angle grad_centr "
-        "reverse coordconv stream wait_stream".split()
+        [
+            "assisted_excitation",
+            "cbn",
+            "bin_output",
+            "sway",
+            "rotate",
+            "stretch",
+            "stretch_sway",
+            "flipped",
+            "dot",
+            "angle",
+            "grad_centr",
+            "reverse",
+            "coordconv",
+            "stream",
+            "wait_stream",
+        ]
     )
     filters = Opt(1)
     size = Opt(1)
@@ -299,7 +417,8 @@ class Convolutional(Layer):
         c = self.in_shape[0]
         if c % self.effective_groups or self.filters % self.effective_groups:
             raise self.shape_error(
-                f"groups={self.effective_groups} must divide both input channels ({c}) and filters ({self.filters})"
+                f"groups={self.effective_groups} must divide both the input channels ({c}) "
+                f"and filters ({self.filters})"
             )
         shared = self.shares
         if isinstance(shared, Convolutional) and (shared.weight_layout_for(c) != self.weight_layout_for(c)):
@@ -426,14 +545,18 @@ class Route(Layer):
         for node, shape in zip(self.inputs[1:], shapes[1:], strict=True):
             if shape[1:] != first[1:]:
                 raise self.shape_error(
-                    f"joins outputs of different sizes: {_name(self.inputs[0])} is {_fmt(first)} "
-                    f"but {_name(node)} is {_fmt(shape)}"
+                    f"joins outputs of different sizes: {_name(self.inputs[0])} is {format_shape(first)} "
+                    f"but {_name(node)} is {format_shape(shape)}"
                 )
         if self.groups < 1 or not 0 <= self.group_id < self.groups:
-            raise self.shape_error(f"needs 0 <= group_id < groups, found groups={self.groups} group_id={self.group_id}")
+            raise self.shape_error(
+                f"needs 0 <= group_id < groups, found groups={self.groups} group_id={self.group_id}"
+            )
         for node, shape in zip(self.inputs, shapes, strict=True):
             if shape[0] % self.groups:
-                raise self.shape_error(f"groups={self.groups} does not divide the {shape[0]} channels of {_name(node)}")
+                raise self.shape_error(
+                    f"groups={self.groups} does not divide the {shape[0]} channels of {_name(node)}"
+                )
         return (sum(s[0] for s in shapes) // self.groups, first[1], first[2])
 
 
@@ -453,8 +576,8 @@ class Shortcut(Layer):
         for node in self.inputs[1:]:
             if node.out_shape[1:] != out[1:]:
                 raise self.shape_error(
-                    f"adds outputs of different sizes: {_name(self.inputs[0])} is {_fmt(out)} "
-                    f"but {_name(node)} is {_fmt(node.out_shape)}"
+                    f"adds outputs of different sizes: {_name(self.inputs[0])} is {format_shape(out)} "
+                    f"but {_name(node)} is {format_shape(node.out_shape)}"
                 )
         return out
 
@@ -483,15 +606,13 @@ class ScaleChannels(Layer):
 
     def infer(self) -> Shape:
         scale, target = self.in_shape, self.inputs[1].out_shape
-        if self.scale_wh:
-            ok = scale[1:] == target[1:]
-        else:
-            ok = scale[1:] == (1, 1) and scale[0] == target[0]
-        if not ok:
+        per_pixel_ok = scale[1:] == target[1:]
+        per_channel_ok = scale[1:] == (1, 1) and scale[0] == target[0]
+        if not (per_pixel_ok if self.scale_wh else per_channel_ok):
             need = "the same height and width" if self.scale_wh else f"{target[0]}x1x1"
             raise self.shape_error(
-                f"scale input {_name(self.inputs[0])} is {_fmt(scale)}, needs {need} "
-                f"to scale {_name(self.inputs[1])} ({_fmt(target)})"
+                f"scale input {_name(self.inputs[0])} is {format_shape(scale)}, needs {need} "
+                f"to scale {_name(self.inputs[1])} ({format_shape(target)})"
             )
         return target
 
@@ -508,8 +629,8 @@ class Sam(Layer):
     def infer(self) -> Shape:
         if self.in_shape != self.inputs[1].out_shape:
             raise self.shape_error(
-                f"multiplies {_name(self.inputs[0])} ({_fmt(self.in_shape)}) by "
-                f"{_name(self.inputs[1])} ({_fmt(self.inputs[1].out_shape)}): shapes differ"
+                f"multiplies {_name(self.inputs[0])} ({format_shape(self.in_shape)}) by "
+                f"{_name(self.inputs[1])} ({format_shape(self.inputs[1].out_shape)}): shapes differ"
             )
         return self.in_shape
 
@@ -563,10 +684,36 @@ class Yolo(Layer):
     kind = "yolo"
     names = ("yolo",)
     known_keys = frozenset(
-        "max show_details max_delta counters_per_class label_smooth_eps objectness_smooth iou_normalizer "
-        "obj_normalizer cls_normalizer delta_normalizer iou_loss iou_thresh_kind beta_nms nms_kind jitter "
-        "resize focal_loss ignore_thresh truth_thresh iou_thresh random track_history_size sim_thresh "
-        "dets_for_track dets_for_show track_ciou_norm embedding_layer map".split()
+        [
+            "max",
+            "show_details",
+            "max_delta",
+            "counters_per_class",
+            "label_smooth_eps",
+            "objectness_smooth",
+            "iou_normalizer",
+            "obj_normalizer",
+            "cls_normalizer",
+            "delta_normalizer",
+            "iou_loss",
+            "iou_thresh_kind",
+            "beta_nms",
+            "nms_kind",
+            "jitter",
+            "resize",
+            "focal_loss",
+            "ignore_thresh",
+            "truth_thresh",
+            "iou_thresh",
+            "random",
+            "track_history_size",
+            "sim_thresh",
+            "dets_for_track",
+            "dets_for_show",
+            "track_ciou_norm",
+            "embedding_layer",
+            "map",
+        ]
     )
     box_entries: ClassVar[int] = 5
     classes = Opt(20)
@@ -591,8 +738,10 @@ class Yolo(Layer):
         if outside:  # darknet reads past its anchor table here without complaint
             warn(f"{self.where('mask')}: mask {outside} is outside 0..{self.num - 1} (num={self.num})")
         if len(self.anchors) < 2 * self.num and "anchors" in self.options:
-            warn(f"{self.where('anchors')}: {len(self.anchors)} anchor values for num={self.num} "
-                 f"(darknet fills the missing ones with 0.5)")
+            warn(
+                f"{self.where('anchors')}: {len(self.anchors)} anchor values for num={self.num} "
+                f"(darknet fills the missing ones with 0.5)"
+            )
 
 
 class GaussianYolo(Yolo):
@@ -606,8 +755,28 @@ class Region(Layer):
     kind = "region"
     names = ("region",)
     known_keys = frozenset(
-        "max log sqrt softmax focal_loss jitter resize rescore thresh classfix absolute random coord_scale "
-        "object_scale noobject_scale mask_scale class_scale bias_match tree map".split()
+        [
+            "max",
+            "log",
+            "sqrt",
+            "softmax",
+            "focal_loss",
+            "jitter",
+            "resize",
+            "rescore",
+            "thresh",
+            "classfix",
+            "absolute",
+            "random",
+            "coord_scale",
+            "object_scale",
+            "noobject_scale",
+            "mask_scale",
+            "class_scale",
+            "bias_match",
+            "tree",
+            "map",
+        ]
     )
     classes = Opt(20)
     coords = Opt(4)
@@ -630,8 +799,25 @@ class Detection(Layer):
     kind = "detection"
     names = ("detection",)
     known_keys = frozenset(
-        "coords classes rescore num side softmax sqrt max coord_scale forced object_scale noobject_scale "
-        "class_scale jitter resize random reorg".split()
+        [
+            "coords",
+            "classes",
+            "rescore",
+            "num",
+            "side",
+            "softmax",
+            "sqrt",
+            "max",
+            "coord_scale",
+            "forced",
+            "object_scale",
+            "noobject_scale",
+            "class_scale",
+            "jitter",
+            "resize",
+            "random",
+            "reorg",
+        ]
     )
 
 
@@ -730,9 +916,32 @@ class Normalization(Layer):
 LAYER_TYPES: dict[str, type[Layer]] = {
     name: cls
     for cls in (
-        Convolutional, Connected, MaxPool, LocalAvgPool, AvgPool, Route, Shortcut, ScaleChannels, Sam, Upsample,
-        Reorg3d, Reorg, Yolo, GaussianYolo, Region, Detection, Softmax, Dropout, BatchNorm, Activation, Crop,
-        Cost, Contrastive, Empty, Implicit, Normalization,
+        Convolutional,
+        Connected,
+        MaxPool,
+        LocalAvgPool,
+        AvgPool,
+        Route,
+        Shortcut,
+        ScaleChannels,
+        Sam,
+        Upsample,
+        Reorg3d,
+        Reorg,
+        Yolo,
+        GaussianYolo,
+        Region,
+        Detection,
+        Softmax,
+        Dropout,
+        BatchNorm,
+        Activation,
+        Crop,
+        Cost,
+        Contrastive,
+        Empty,
+        Implicit,
+        Normalization,
     )
     for name in cls.names
 }
@@ -748,8 +957,10 @@ UNSUPPORTED = {
 }
 
 
-def _fmt(shape: Shape) -> str:
-    return "x".join(map(str, shape))
+def format_shape(shape: Shape) -> str:
+    """Darknet's way of printing a shape: width x height x channels."""
+    c, h, w = shape
+    return f"{w}x{h}x{c}"
 
 
 def _name(node: Node) -> str:

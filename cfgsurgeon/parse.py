@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Transformer, UnexpectedInput, UnexpectedToken
 
 from .errors import CfgSyntaxError, Location
 
@@ -70,7 +70,9 @@ class _ToSections(Transformer):
         if len(tokens) > 1:
             where = Location(self.filename, tokens[0].line, tokens[0].column)
             spaced = " ".join(tokens)
-            self.warn(f"{where}: '{spaced}' has no comma; darknet deletes the spaces and reads {''.join(tokens)}")
+            self.warn(
+                f"{where}: '{spaced}' has no comma; darknet deletes the spaces and reads {''.join(tokens)}"
+            )
         return "".join(tokens)
 
     def word(self, tokens: list[Token]) -> str:

@@ -1,0 +1,1 @@
+"""Emitters: IR → files for darknet and other frameworks. Each backend is one module."""

@@ -423,6 +423,9 @@ class Convolutional(Layer):
         shared = self.shares
         if isinstance(shared, Convolutional) and (shared.weight_layout_for(c) != self.weight_layout_for(c)):
             raise self.shape_error(f"share_index points at a layer of different size (line {shared.line})")
+        if min(self.strides) < 1:
+            sy, sx = self.strides
+            raise self.shape_error(f"strides must be >= 1, found stride_x={sx} stride_y={sy}")
         h, w = self.conv_output()
         if self.antialiasing:
             sy, sx = self.strides
@@ -492,6 +495,10 @@ class MaxPool(Layer):
         c, h, w = self.in_shape
         if self.maxpool_depth:
             return (self.out_channels, h, w)
+        if self.stride_x < 1 or self.stride_y < 1:
+            raise self.shape_error(
+                f"strides must be >= 1, found stride_x={self.stride_x} stride_y={self.stride_y}"
+            )
         out_h = (h + self.padding - self.size) // self.stride_y + 1
         out_w = (w + self.padding - self.size) // self.stride_x + 1
         if out_h <= 0 or out_w <= 0:

@@ -4,8 +4,8 @@ One small module per IR layer; :class:`DarknetModel` wires them along the graph'
 each intermediate output after its last reader. Building dispatches on the layer type through ``BUILDERS``
 (one function per type), so an unsupported type fails with its name.
 
-Where darknet's CPU build has a bug (``relu6`` in a convolution, swish/mish in ``[scale_channels]`` give zeros)
-we compute the intended function, as darknet's GPU build does.
+Where darknet's CPU build has a bug (``relu6`` in a convolution, swish/mish in ``[scale_channels]`` give
+zeros) we compute the intended function, as darknet's GPU build does.
 """
 
 from __future__ import annotations
@@ -312,7 +312,8 @@ class Reorg(nn.Module):
 
 class Yolo(nn.Module):
     """darknet's [yolo] output: logistic on x, y, objectness and classes (unless ``new_coords``), then
-    ``x·scale_x_y − (scale_x_y − 1)/2`` on x and y. Width and height stay raw. Layout ``[n][5+classes][h][w]``."""
+    ``x·scale_x_y − (scale_x_y − 1)/2`` on x and y. Width and height stay raw.
+    Layout ``[n][5+classes][h][w]``."""
 
     def __init__(self, layer: L.Yolo):
         super().__init__()
@@ -430,7 +431,7 @@ class Identity(nn.Module):
 
 
 class DetectionSoftmax(nn.Module):
-    """YOLOv1 [detection] with softmax=1: softmax over the classes of each cell (first block of the buffer)."""
+    """YOLOv1 [detection] with softmax=1: softmax over each cell's classes (first block of the buffer)."""
 
     def __init__(self, layer: L.Detection):
         super().__init__()

@@ -147,5 +147,16 @@ def init(cfg: Path, output: Path, seed: int, dead_fraction: float) -> None:
     click.echo(f"wrote {output} ({size:,} bytes, {graph.params:,} floats, seed {seed})")
 
 
+@main.command()
+@click.option("-o", "--output", "outdir", default="demo_out", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Directory for the demo's files.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+def demo(outdir: Path, seed: int) -> None:
+    """Run the main job on the embedded default model (cfg/yolo-nano.cfg) and print what happens."""
+    from .demo import run_demo
+
+    run_demo(outdir, click.echo, seed=seed)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

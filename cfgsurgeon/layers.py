@@ -20,47 +20,21 @@ from .errors import CfgError, Location
 
 Shape = tuple[int, int, int]  # (channels, height, width), darknet's C×H×W
 
-ACTIVATIONS = frozenset(
-    [
-        "logistic",
-        "swish",
-        "mish",
-        "hard_mish",
-        "normalize_channels",
-        "normalize_channels_softmax",
-        "normalize_channels_softmax_maxval",
-        "loggy",
-        "relu",
-        "relu6",
-        "elu",
-        "selu",
-        "gelu",
-        "relie",
-        "plse",
-        "hardtan",
-        "lhtan",
-        "linear",
-        "ramp",
-        "revleaky",
-        "leaky",
-        "tanh",
-        "stair",
-    ]
+
+def _keys(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+ACTIVATIONS = _keys(
+    "logistic swish mish hard_mish normalize_channels normalize_channels_softmax "
+    "normalize_channels_softmax_maxval loggy relu relu6 elu selu gelu relie plse hardtan lhtan linear "
+    "ramp revleaky leaky tanh stair"
 )
 
 # Read by darknet for every section (parse_network_cfg_custom); kept verbatim, not interpreted here.
-COMMON_KEYS = frozenset(
-    [
-        "clip",
-        "onlyforward",
-        "dont_update",
-        "burnin_update",
-        "stopbackward",
-        "train_only_bn",
-        "dontload",
-        "dontloadscales",
-        "learning_rate",
-    ]
+COMMON_KEYS = _keys(
+    "clip onlyforward dont_update burnin_update stopbackward train_only_bn dontload dontloadscales "
+    "learning_rate"
 )
 
 _INT = re.compile(r"[-+]?\d+")
@@ -208,75 +182,16 @@ class Net(Node):
 
     kind = "net"
     names = ("net", "network")
-    known_keys = frozenset(
-        [
-            "max_batches",
-            "batch",
-            "learning_rate",
-            "learning_rate_min",
-            "sgdr_cycle",
-            "sgdr_mult",
-            "momentum",
-            "decay",
-            "subdivisions",
-            "time_steps",
-            "track",
-            "augment_speed",
-            "sequential_subdivisions",
-            "try_fix_nan",
-            "weights_reject_freq",
-            "equidistant_point",
-            "badlabels_rejection_percentage",
-            "num_sigmas_reject_badlabels",
-            "ema_alpha",
-            "use_cuda_graph",
-            "loss_scale",
-            "dynamic_minibatch",
-            "optimized_memory",
-            "workspace_size_limit_MB",
-            "adam",
-            "B1",
-            "B2",
-            "eps",
-            "inputs",
-            "max_crop",
-            "min_crop",
-            "flip",
-            "blur",
-            "gaussian_noise",
-            "mixup",
-            "cutmix",
-            "mosaic",
-            "letter_box",
-            "mosaic_bound",
-            "contrastive",
-            "contrastive_jit_flip",
-            "contrastive_color",
-            "unsupervised",
-            "label_smooth_eps",
-            "resize_step",
-            "attention",
-            "adversarial_lr",
-            "max_chart_loss",
-            "angle",
-            "aspect",
-            "saturation",
-            "exposure",
-            "hue",
-            "power",
-            "policy",
-            "burn_in",
-            "step",
-            "scale",
-            "steps",
-            "scales",
-            "seq_scales",
-            "gamma",
-            "show_receptive_field",
-            "beta1",
-            "max_epochs",
-            "seen",
-        ]
+    known_keys = _keys(
+        "max_batches batch learning_rate learning_rate_min sgdr_cycle sgdr_mult momentum decay "
+        "subdivisions time_steps track augment_speed sequential_subdivisions try_fix_nan "
+        "weights_reject_freq equidistant_point badlabels_rejection_percentage num_sigmas_reject_badlabels "
+        "ema_alpha use_cuda_graph loss_scale dynamic_minibatch optimized_memory workspace_size_limit_MB "
+        "adam B1 B2 eps inputs max_crop min_crop flip blur gaussian_noise mixup cutmix mosaic letter_box "
+        "mosaic_bound contrastive contrastive_jit_flip contrastive_color unsupervised label_smooth_eps "
+        "resize_step attention adversarial_lr max_chart_loss angle aspect saturation exposure hue power "
+        "policy burn_in step scale steps scales seq_scales gamma show_receptive_field beta1 max_epochs "
+        "seen"
     )
     width = Opt(0)
     height = Opt(0)
@@ -345,24 +260,9 @@ class Convolutional(Layer):
     kind = "convolutional"
     names = ("convolutional", "conv")
     refs = ("share_index",)
-    known_keys = frozenset(
-        [
-            "assisted_excitation",
-            "cbn",
-            "bin_output",
-            "sway",
-            "rotate",
-            "stretch",
-            "stretch_sway",
-            "flipped",
-            "dot",
-            "angle",
-            "grad_centr",
-            "reverse",
-            "coordconv",
-            "stream",
-            "wait_stream",
-        ]
+    known_keys = _keys(
+        "assisted_excitation cbn bin_output sway rotate stretch stretch_sway flipped dot angle grad_centr "
+        "reverse coordconv stream wait_stream"
     )
     filters = Opt(1)
     size = Opt(1)
@@ -690,37 +590,11 @@ class Reorg(Reorg3d):
 class Yolo(Layer):
     kind = "yolo"
     names = ("yolo",)
-    known_keys = frozenset(
-        [
-            "max",
-            "show_details",
-            "max_delta",
-            "counters_per_class",
-            "label_smooth_eps",
-            "objectness_smooth",
-            "iou_normalizer",
-            "obj_normalizer",
-            "cls_normalizer",
-            "delta_normalizer",
-            "iou_loss",
-            "iou_thresh_kind",
-            "beta_nms",
-            "nms_kind",
-            "jitter",
-            "resize",
-            "focal_loss",
-            "ignore_thresh",
-            "truth_thresh",
-            "iou_thresh",
-            "random",
-            "track_history_size",
-            "sim_thresh",
-            "dets_for_track",
-            "dets_for_show",
-            "track_ciou_norm",
-            "embedding_layer",
-            "map",
-        ]
+    known_keys = _keys(
+        "max show_details max_delta counters_per_class label_smooth_eps objectness_smooth iou_normalizer "
+        "obj_normalizer cls_normalizer delta_normalizer iou_loss iou_thresh_kind beta_nms nms_kind jitter "
+        "resize focal_loss ignore_thresh truth_thresh iou_thresh random track_history_size sim_thresh "
+        "dets_for_track dets_for_show track_ciou_norm embedding_layer map"
     )
     box_entries: ClassVar[int] = 5
     classes = Opt(20)
@@ -761,33 +635,14 @@ class GaussianYolo(Yolo):
 class Region(Layer):
     kind = "region"
     names = ("region",)
-    known_keys = frozenset(
-        [
-            "max",
-            "log",
-            "sqrt",
-            "softmax",
-            "focal_loss",
-            "jitter",
-            "resize",
-            "rescore",
-            "thresh",
-            "classfix",
-            "absolute",
-            "random",
-            "coord_scale",
-            "object_scale",
-            "noobject_scale",
-            "mask_scale",
-            "class_scale",
-            "bias_match",
-            "tree",
-            "map",
-        ]
+    known_keys = _keys(
+        "max log sqrt focal_loss jitter resize rescore thresh classfix absolute random "
+        "coord_scale object_scale noobject_scale mask_scale class_scale bias_match tree map"
     )
     classes = Opt(20)
     coords = Opt(4)
     num = Opt(1)
+    softmax = Opt(0)
     anchors = Opt(lambda layer: [], list[float])
 
     def infer(self) -> Shape:
@@ -805,26 +660,9 @@ class Detection(Layer):
 
     kind = "detection"
     names = ("detection",)
-    known_keys = frozenset(
-        [
-            "coords",
-            "classes",
-            "rescore",
-            "num",
-            "side",
-            "softmax",
-            "sqrt",
-            "max",
-            "coord_scale",
-            "forced",
-            "object_scale",
-            "noobject_scale",
-            "class_scale",
-            "jitter",
-            "resize",
-            "random",
-            "reorg",
-        ]
+    known_keys = _keys(
+        "coords classes rescore num side softmax sqrt max coord_scale forced object_scale noobject_scale "
+        "class_scale jitter resize random reorg"
     )
 
 

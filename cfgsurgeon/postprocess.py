@@ -4,6 +4,8 @@ A head's raw output is what darknet stores for that layer (see ``emit/torch.py``
 logistic and ``scale_x_y`` applied; [region] is flattened channels-last with softmaxed classes). ``decode``
 turns it into rows ``(x, y, w, h, objectness, p_class…)`` with the box centre and size relative to the network
 input (0…1) and ``p_class = objectness · class score``, rows ordered by (row, column, anchor).
+[Gaussian_yolo] also scales ``p_class`` by ``1 − mean(σx, σy, σw, σh)`` and shifts the box for ``yolo_point``,
+as darknet does.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def anchor_table(layer: L.Yolo | L.Region) -> np.ndarray:
 def decode(layer: L.Layer, output: np.ndarray, net_hw: tuple[int, int]) -> np.ndarray:
     """Decode one image's head output (``C×H×W``, or the flat region buffer) into box rows."""
     if isinstance(layer, L.GaussianYolo):
-        return _decode_yolo(layer, output, net_hw, entries=(0, 2, 4, 6, 8))
+        return _gaussian_adjust(layer, output, _decode_yolo(layer, output, net_hw, entries=(0, 2, 4, 6, 8)))
     if isinstance(layer, L.Yolo):
         return _decode_yolo(layer, output, net_hw, entries=(0, 1, 2, 3, 4))
     if isinstance(layer, L.Region):
@@ -60,6 +62,20 @@ def _decode_yolo(
     probs = objectness[..., None] * out[..., iobj + 1 :]
     rows_out = np.concatenate([np.stack([bx, by, bw, bh, objectness], axis=-1), probs], axis=-1)
     return rows_out.reshape(h * w * n, 5 + layer.classes)
+
+
+def _gaussian_adjust(layer: L.GaussianYolo, output: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    _, h, w = layer.out_shape
+    n = len(layer.mask)
+    out = np.asarray(output, dtype=np.float32).reshape(n, layer.classes + 9, h, w).transpose(2, 3, 0, 1)
+    sigmas = out.reshape(h * w * n, layer.classes + 9)[:, [1, 3, 5, 7]]
+    uc_mean = np.float32(((sigmas[:, 0] + sigmas[:, 1]) + sigmas[:, 2] + sigmas[:, 3]) / 4.0)
+    rows = rows.copy()
+    rows[:, 5:] *= (1.0 - uc_mean.astype(np.float64))[:, None]
+    sign = {"left_top": 1, "right_bottom": -1}.get(layer.options.get("yolo_point", "center"), 0)
+    rows[:, 0] += sign * rows[:, 2] / 2
+    rows[:, 1] += sign * rows[:, 3] / 2
+    return rows
 
 
 def _decode_region(layer: L.Region, output: np.ndarray) -> np.ndarray:

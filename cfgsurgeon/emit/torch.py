@@ -358,12 +358,13 @@ class GaussianYolo(Yolo):
 
 
 class Region(nn.Module):
-    """YOLOv2's [region]: channels-last copy, logistic objectness, softmax over classes, per box.
+    """YOLOv2's [region], per box: channels-last copy, logistic objectness, class softmax (``softmax=1``).
     Output ``(batch, h·w·n·(coords+1+classes), 1, 1)`` in darknet's flat order."""
 
     def __init__(self, layer: L.Region):
         super().__init__()
         self.n, self.coords, self.classes = layer.num, layer.coords, layer.classes
+        self.softmax = bool(layer.softmax)
         if layer.options.get("tree"):
             raise CfgError(
                 f"layer {layer.index} [region] with a softmax tree is not supported", layer.where("tree")
@@ -374,7 +375,8 @@ class Region(nn.Module):
         entries = self.coords + 1 + self.classes
         boxes = x.view(b, self.n, entries, h, w).permute(0, 3, 4, 1, 2)  # (b, y, x, n, entries)
         obj = torch.sigmoid(boxes[..., self.coords : self.coords + 1])
-        cls = torch.softmax(boxes[..., self.coords + 1 :], dim=-1)
+        cls = boxes[..., self.coords + 1 :]
+        cls = torch.softmax(cls, dim=-1) if self.softmax else cls
         out = torch.cat([boxes[..., : self.coords], obj, cls], dim=-1)
         return out.reshape(b, -1, 1, 1)
 
@@ -587,7 +589,8 @@ def load_darknet_weights(model: DarknetModel, graph: Graph) -> None:
                 raise CfgError(f"layer {i} [{layer.header}] has no weights loaded", layer.where())
             for name, path in tensor_paths(layer).items():
                 target = state[f"blocks.{i}.{path}"]
-                target.copy_(torch.from_numpy(np.asarray(layer.weights[name])).reshape(target.shape))
+                source = torch.tensor(np.asarray(layer.weights[name]))  # a copy: the arrays may be read-only
+                target.copy_(source.reshape(target.shape))
 
 
 def store_darknet_weights(model: DarknetModel, graph: Graph) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CfgError, Location
-from .layers import LAYER_TYPES, UNSUPPORTED, Layer, Net, Node, Ref, Shape
+from .layers import LAYER_TYPES, UNSUPPORTED, Layer, Net, Node, Ref, Shape, format_shape
 from .parse import Section, Warn, parse_file, parse_text
 
 if TYPE_CHECKING:
@@ -60,6 +60,12 @@ class Graph:
         for index, layer in enumerate(self.layers):
             layer.index = index
             layer.out_shape = layer.infer()
+            if min(layer.out_shape) <= 0:
+                raise CfgError(
+                    f"layer {index} [{layer.header}] would have an empty output "
+                    f"({format_shape(layer.out_shape)}, width x height x channels)",
+                    layer.where(),
+                )
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)

@@ -9,6 +9,7 @@ by the graph builder; their text stays only to keep the option's place, and the 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -242,7 +243,7 @@ class Layer(Node):
 
     @property
     def params(self) -> int:
-        return sum(int(np.prod(shape)) for _, shape in self.weight_layout())
+        return sum(math.prod(shape) for _, shape in self.weight_layout())
 
     def describe(self) -> str:
         """Short geometry for tables (e.g. ``3x3/2``)."""
@@ -371,7 +372,7 @@ class Connected(Layer):
         return (self.output, 1, 1)
 
     def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:
-        n, inputs = self.output, int(np.prod(self.in_shape))
+        n, inputs = self.output, math.prod(self.in_shape)
         layout: list[tuple[str, tuple[int, ...]]] = [("biases", (n,)), ("weights", (n, inputs))]
         if self.batch_normalize:
             layout += [("scales", (n,)), ("rolling_mean", (n,)), ("rolling_variance", (n,))]
@@ -615,9 +616,10 @@ class Yolo(Layer):
 
     def check_options(self, warn: Callable[[str], None]) -> None:
         super().check_options(warn)
-        outside = [m for m in self.mask if not 0 <= m < self.num]
+        num = self.num
+        outside = [m for m in self.mask if not 0 <= m < num]
         if outside:  # darknet reads past its anchor table here without complaint
-            warn(f"{self.where('mask')}: mask {outside} is outside 0..{self.num - 1} (num={self.num})")
+            warn(f"{self.where('mask')}: mask {outside} is outside 0..{num - 1} (num={num})")
         if len(self.anchors) < 2 * self.num and "anchors" in self.options:
             warn(
                 f"{self.where('anchors')}: {len(self.anchors)} anchor values for num={self.num} "

@@ -63,8 +63,15 @@ class _ToSections(Transformer):
         key: Token = items[0]
         return Option(str(key), items[1], key.line)
 
-    def numbers(self, pieces: list[str]) -> str:
+    def numbers(self, pieces: list) -> str:
+        if isinstance(pieces[-1], Token):  # the trailing comma
+            where = Location(self.filename, pieces[-1].line, pieces[-1].column)
+            self.warn(f"{where}: trailing ',' ignored (darknet would read an extra value 0 here)")
+            pieces = pieces[:-1]
         return ",".join(pieces)
+
+    def trailing_comma(self, tokens: list[Token]) -> Token:
+        return tokens[0]
 
     def glued(self, tokens: list[Token]) -> str:
         if len(tokens) > 1:

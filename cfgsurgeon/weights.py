@@ -7,6 +7,7 @@ and the input can never be modified through them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ def read_weights(graph: Graph, path: str | Path, upto: int | None = None) -> Wei
     for layer in layers:
         tensors = {}
         for name, shape in stored_layout(layer, header):
-            count = int(np.prod(shape))
+            count = math.prod(shape)
             tensors[name] = floats[offset : offset + count].reshape(shape)
             offset += count
         if header.transposed_connected and isinstance(layer, Connected):

@@ -138,7 +138,7 @@ def _blur(layer: L.Convolutional) -> nn.Conv2d:
 class Connected(nn.Module):
     def __init__(self, layer: L.Connected):
         super().__init__()
-        inputs = int(np.prod(layer.in_shape))
+        inputs = math.prod(layer.in_shape)
         self.fc = nn.Linear(inputs, layer.output, bias=not layer.batch_normalize)
         self.bn = nn.BatchNorm1d(layer.output, eps=BN_EPS) if layer.batch_normalize else None
         self.act = Activation(layer.activation)

@@ -7,6 +7,7 @@ indices.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,27 @@ class Graph:
             layer.connect(layers[-1] if layers else net)
             layers.append(layer)
         return cls(net, layers, source)
+
+    def clone(self, layers: list[Layer] | None = None) -> Graph:
+        """A new Graph with copies of the nodes (options and weight dicts copied, arrays shared).
+
+        ``layers`` (a subset of ``self.layers`` in order) drops the others: edges to a dropped layer are
+        redirected to that layer's first input, the rule for removing a pass-through or residual unit.
+        """
+        keep = self.layers if layers is None else layers
+        copies: dict[int, Node] = {id(self.net): _copy_node(self.net)}
+        for layer in self.layers:
+            copies[id(layer)] = copies[id(layer.inputs[0])] if layer not in keep else _copy_node(layer)
+        new_layers = [copies[id(layer)] for layer in keep]
+        for old, new in zip(keep, new_layers, strict=True):
+            new.inputs = [copies[id(node)] for node in old.inputs]
+            new.sources = {
+                key: [Ref(copies[id(ref.target)], ref.relative) for ref in refs]
+                for key, refs in old.sources.items()
+            }
+        graph = Graph(copies[id(self.net)], new_layers, self.source)  # type: ignore[arg-type]
+        graph.weights_header = self.weights_header
+        return graph
 
     # -- derived facts ---------------------------------------------------------------------------------
     def infer(self) -> None:
@@ -115,6 +137,15 @@ class Graph:
             return (node.kind, node.header, options, refs, node.out_shape)
 
         return (node_sig(self.net), *(node_sig(layer) for layer in self.layers))
+
+
+def _copy_node(node: Node) -> Node:
+    twin = copy.copy(node)
+    twin.options = dict(node.options)
+    twin.option_lines = dict(node.option_lines)
+    if getattr(node, "weights", None) is not None:
+        twin.weights = dict(node.weights)
+    return twin
 
 
 def load_cfg(path: str | Path, warn: Warn = print) -> Graph:

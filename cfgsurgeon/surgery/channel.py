@@ -1,0 +1,249 @@
+"""Channel pruning: remove the units that a selection drops, slice every weight that touches them, and fold
+the constant output of each removed channel into its consumers (compensation).
+
+A removed channel of a batch-normalised convolution behaves, once its γ is 0, as the constant ``act(β)``.
+That constant flows through pass-through layers, shortcut sums, products and concatenations (``CONSTANTS``,
+one rule per layer type) and reaches convolutions and connected layers, where ``Σ w · constant`` is folded
+into the consumer's BN running mean (or its bias). Zero padding makes this exact only away from the borders
+of padded consumers; :func:`border_affected` lists where that applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import layers as L
+from ..activations import activate
+from ..ir import Graph
+from .groups import ChannelAnalysis, is_prunable_producer
+
+BN_EPS = 1e-5
+
+ConstantRule = Callable[[L.Layer, list[np.ndarray]], np.ndarray]
+
+
+def prune_channels(analysis: ChannelAnalysis, keep_unit: np.ndarray) -> Graph:
+    """A new graph without the units where ``keep_unit`` is False (needs weights on the graph)."""
+    graph = analysis.graph
+    keep_unit = np.asarray(keep_unit, dtype=bool) | ~analysis.unit_prunable
+    constants = pruned_constants(analysis, keep_unit)
+    pruned = graph.clone()
+    for old, new in zip(graph.layers, pruned.layers, strict=True):
+        out_keep = keep_unit[analysis.output_units[old.index]]
+        in_keep = [keep_unit[units] for units in analysis.input_units[old.index]]
+        in_values = [constants[id(node)] for node in old.inputs]
+        SLICERS.get(type(old), _no_weights)(new, old, in_keep, out_keep, in_values)
+    pruned.infer()
+    return pruned
+
+
+def masked_copy(analysis: ChannelAnalysis, keep_unit: np.ndarray) -> Graph:
+    """The keep-size model with the dropped channels switched off (γ = 0): what pruning must reproduce."""
+    keep_unit = np.asarray(keep_unit, dtype=bool) | ~analysis.unit_prunable
+    masked = analysis.graph.clone()
+    for layer in masked.layers:
+        if is_prunable_producer(layer):
+            scales = np.array(layer.weights["scales"], dtype=np.float32)
+            scales[~keep_unit[analysis.output_units[layer.index]]] = 0
+            layer.weights["scales"] = scales
+    return masked
+
+
+# -- constants of removed channels -----------------------------------------------------------------------
+
+
+def pruned_constants(analysis: ChannelAnalysis, keep_unit: np.ndarray) -> dict[int, np.ndarray]:
+    """For every node (by ``id``): its output value per channel where the channel is removed, else NaN."""
+    graph = analysis.graph
+    values: dict[int, np.ndarray] = {id(graph.net): np.full(graph.input_shape[0], np.nan)}
+    for layer in graph.layers:
+        ins = [values[id(node)] for node in layer.inputs]
+        rule = CONSTANTS.get(type(layer), _not_constant)
+        out = rule(layer, ins)
+        removed = ~keep_unit[analysis.output_units[layer.index]]
+        values[id(layer)] = np.where(removed, out, np.nan)
+    return values
+
+
+def _not_constant(layer: L.Layer, ins: list[np.ndarray]) -> np.ndarray:
+    return np.full(layer.out_shape[0], np.nan)
+
+
+def _same(layer: L.Layer, ins: list[np.ndarray]) -> np.ndarray:
+    return ins[0]
+
+
+def _conv_constant(layer: L.Convolutional, ins: list[np.ndarray]) -> np.ndarray:
+    if not is_prunable_producer(layer):
+        return np.full(layer.filters, np.nan)
+    return activate(layer.activation, np.asarray(layer.weights["biases"], dtype=np.float64))
+
+
+def _route_constant(layer: L.Route, ins: list[np.ndarray]) -> np.ndarray:
+    size = [len(v) // layer.groups for v in ins]
+    return np.concatenate(
+        [v[layer.group_id * s : (layer.group_id + 1) * s] for v, s in zip(ins, size, strict=True)]
+    )
+
+
+def _shortcut_constant(layer: L.Shortcut, ins: list[np.ndarray]) -> np.ndarray:
+    weights = _shortcut_weights(layer)
+    total = ins[0] * weights[0]
+    for k, other in enumerate(ins[1:], start=1):
+        n = min(len(total), len(other))
+        total = total.copy()
+        total[:n] += other[:n] * weights[k][:n]
+    return activate(layer.activation, total)
+
+
+def _shortcut_weights(layer: L.Shortcut) -> np.ndarray:
+    c = layer.out_shape[0]
+    if not layer.weight_layout():
+        return np.ones((len(layer.inputs), c))
+    w = np.broadcast_to(np.asarray(layer.weights["weights"], dtype=np.float64), (len(layer.inputs), c))
+    if layer.weights_normalization in ("relu", "avg_relu"):
+        positive = np.maximum(w, 0)
+        return positive / (1e-4 + positive.sum(axis=0))
+    if layer.weights_normalization == "softmax":
+        e = np.exp(w - w.max(axis=0))
+        return e / (1e-4 + e.sum(axis=0))
+    return w
+
+
+def _product_constant(layer: L.Sam | L.ScaleChannels, ins: list[np.ndarray]) -> np.ndarray:
+    return activate(layer.activation, ins[0] * ins[1])
+
+
+def _upsample_constant(layer: L.Upsample, ins: list[np.ndarray]) -> np.ndarray:
+    block = 1 if layer.stride > 0 else layer.stride * layer.stride
+    return ins[0] * layer.scale * block
+
+
+def _crop_constant(layer: L.Crop, ins: list[np.ndarray]) -> np.ndarray:
+    return ins[0] if layer.noadjust else ins[0] * 2 - 1
+
+
+def _batchnorm_constant(layer: L.BatchNorm, ins: list[np.ndarray]) -> np.ndarray:
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in layer.weights.items()}
+    return (ins[0] - w["rolling_mean"]) / np.sqrt(w["rolling_variance"] + BN_EPS) * w["scales"] + w["biases"]
+
+
+CONSTANTS: dict[type[L.Layer], ConstantRule] = {
+    L.Convolutional: _conv_constant,
+    L.Route: _route_constant,
+    L.Shortcut: _shortcut_constant,
+    L.Sam: lambda layer, ins: _product_constant(layer, ins),
+    L.ScaleChannels: lambda layer, ins: _product_constant(layer, ins),
+    L.Reorg3d: lambda layer, ins: np.tile(ins[0], layer.stride * layer.stride),
+    L.MaxPool: _same,
+    L.LocalAvgPool: _same,
+    L.AvgPool: _same,
+    L.Dropout: _same,
+    L.Empty: _same,
+    L.Upsample: _upsample_constant,
+    L.Crop: _crop_constant,
+    L.BatchNorm: _batchnorm_constant,
+    L.Activation: lambda layer, ins: (
+        activate(layer.activation, ins[0])
+        if not layer.activation.startswith("normalize")
+        else np.full(len(ins[0]), np.nan)
+    ),
+}
+
+
+# -- slicing weights ----------------------------------------------------------------------------------------
+
+Slicer = Callable[[L.Layer, L.Layer, list[np.ndarray], np.ndarray, list[np.ndarray]], None]
+
+
+def _no_weights(new: L.Layer, old: L.Layer, in_keep, out_keep, in_values) -> None:
+    pass
+
+
+def _slice_conv(new: L.Convolutional, old: L.Convolutional, in_keep, out_keep, in_values) -> None:
+    if old.weights is None or old.shares is not None:
+        return
+    w = np.asarray(old.weights["weights"], dtype=np.float64)  # (n, c/g, k, k)
+    n, per_in = w.shape[:2]
+    groups = old.effective_groups
+    depthwise = groups > 1 and per_in == 1
+    keep_in = in_keep[0][:per_in] if groups > 1 and not depthwise else in_keep[0]
+    shift = _consumed_constant(w, in_keep[0], in_values[0], groups, depthwise)
+    tensors = {name: np.asarray(a) for name, a in old.weights.items()}
+    if "rolling_mean" in tensors:
+        tensors["rolling_mean"] = tensors["rolling_mean"] - shift
+    else:
+        tensors["biases"] = tensors["biases"] + shift
+    sliced = w if depthwise else w[:, keep_in]
+    tensors["weights"] = sliced
+    new.weights = {name: _f32(a[out_keep]) for name, a in tensors.items()}
+    new.filters = int(out_keep.sum())
+    if depthwise:
+        new.groups = int(in_keep[0].sum())
+
+
+def _consumed_constant(
+    w: np.ndarray, keep: np.ndarray, values: np.ndarray, groups: int, depthwise: bool
+) -> np.ndarray:
+    """``Σ w · constant`` over the removed input channels, per filter (interior of the feature map)."""
+    n, per_in = w.shape[:2]
+    if depthwise or keep.all():
+        return np.zeros(n)
+    constant = np.where(keep, 0.0, np.nan_to_num(values, nan=0.0))
+    tap_sums = w.sum(axis=(2, 3))  # (n, c/g)
+    per_out = n // groups
+    filter_group = np.arange(n) // per_out
+    group_inputs = constant.reshape(groups, per_in)[filter_group]  # (n, c/g): each filter's own input slice
+    return (tap_sums * group_inputs).sum(axis=1)
+
+
+def _slice_connected(new: L.Connected, old: L.Connected, in_keep, out_keep, in_values) -> None:
+    if old.weights is None:
+        return
+    _, h, w = old.in_shape
+    keep = np.repeat(in_keep[0], h * w)
+    constant = np.repeat(np.where(in_keep[0], 0.0, np.nan_to_num(in_values[0], nan=0.0)), h * w)
+    tensors = {name: np.asarray(a, dtype=np.float64) for name, a in old.weights.items()}
+    shift = tensors["weights"] @ constant
+    if "rolling_mean" in tensors:
+        tensors["rolling_mean"] = tensors["rolling_mean"] - shift
+    else:
+        tensors["biases"] = tensors["biases"] + shift
+    tensors["weights"] = tensors["weights"][:, keep]
+    new.weights = {name: _f32(a) for name, a in tensors.items()}
+
+
+def _slice_batchnorm(new: L.BatchNorm, old: L.BatchNorm, in_keep, out_keep, in_values) -> None:
+    new.weights = {name: _f32(np.asarray(a)[out_keep]) for name, a in old.weights.items()}
+
+
+def _slice_shortcut(new: L.Shortcut, old: L.Shortcut, in_keep, out_keep, in_values) -> None:
+    if old.weights_type == "per_channel":
+        new.weights = {"weights": _f32(np.asarray(old.weights["weights"])[:, out_keep])}
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+SLICERS: dict[type[L.Layer], Slicer] = {
+    L.Convolutional: _slice_conv,
+    L.Connected: _slice_connected,
+    L.BatchNorm: _slice_batchnorm,
+    L.Shortcut: _slice_shortcut,
+}
+
+
+def border_affected(analysis: ChannelAnalysis, keep_unit: np.ndarray) -> list[int]:
+    """Consumers where compensation is inexact near the borders: padded convs reading a removed channel
+    whose constant is not zero."""
+    constants = pruned_constants(analysis, np.asarray(keep_unit, dtype=bool) | ~analysis.unit_prunable)
+    found = []
+    for layer in analysis.graph.layers:
+        if isinstance(layer, L.Convolutional) and layer.effective_padding > 0 and layer.size > 1:
+            values = constants[id(layer.inputs[0])]
+            if np.any(np.nan_to_num(values, nan=0.0) != 0):
+                found.append(layer.index)
+    return found

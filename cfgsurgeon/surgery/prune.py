@@ -1,0 +1,147 @@
+"""The pruning entry point: analysis → scores → selection → new graph, plus the figures for the report.
+Pure numpy on the IR; no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import layers as L
+from ..errors import UsageError
+from ..ir import Graph
+from .channel import border_affected, masked_copy, prune_channels
+from .criteria import CRITERIA, unit_scores
+from .groups import ChannelAnalysis, analyse
+from .layer import prune_layers
+from .select import STRATEGIES, Selection, select
+
+METHODS = (*STRATEGIES, "layer", "layer-channel")
+
+
+@dataclass
+class PruneResult:
+    original: Graph
+    pruned: Graph
+    method: str
+    criterion: str
+    selection: Selection | None = None
+    removed_shortcuts: list[int] = field(default_factory=list)
+    kept_channels: dict[int, list[int]] = field(default_factory=dict)  # original conv index → kept indices
+    border_layers: list[int] = field(
+        default_factory=list
+    )  # consumers where compensation is inexact at borders
+    analysis: ChannelAnalysis | None = None
+    keep_unit: np.ndarray | None = None
+
+    def masked(self) -> Graph:
+        """The keep-size original with the removed channels switched off (γ = 0), for verification."""
+        if self.analysis is None or self.keep_unit is None:
+            raise UsageError("layer pruning has no keep-size equivalent")
+        return masked_copy(self.analysis, self.keep_unit)
+
+
+def prune(
+    graph: Graph,
+    method: str,
+    percent: float | None = None,
+    threshold: float | None = None,
+    layer_keep: float = 0.01,
+    round_to: int = 8,
+    shortcuts: int = 0,
+    criterion: str = "bn-gamma",
+    seed: int = 0,
+    force: bool = False,
+) -> PruneResult:
+    if method not in METHODS:
+        raise UsageError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
+    if criterion not in CRITERIA:
+        raise UsageError(f"unknown criterion '{criterion}' (one of: {', '.join(CRITERIA)})")
+    _require_weights(graph)
+    result = PruneResult(graph, graph, method, criterion)
+    if method in ("layer", "layer-channel"):
+        if shortcuts <= 0:
+            raise UsageError(f"--method {method} needs --shortcuts K (how many residual units to remove)")
+        result.pruned, result.removed_shortcuts = prune_layers(graph, shortcuts, criterion, seed)
+    if method == "layer":
+        return result
+    channel_method = "slim" if method == "layer-channel" else method
+    analysis = analyse(result.pruned)
+    scores = unit_scores(analysis, criterion, seed)
+    selection = select(analysis, scores, channel_method, percent, threshold, layer_keep, round_to, force)
+    result.selection = selection
+    result.analysis, result.keep_unit = analysis, selection.keep_unit
+    result.kept_channels = {
+        layer.index: np.flatnonzero(selection.keep_unit[analysis.output_units[layer.index]]).tolist()
+        for layer in analysis.graph.layers
+        if isinstance(layer, L.Convolutional)
+    }
+    result.border_layers = border_affected(analysis, selection.keep_unit)
+    result.pruned = prune_channels(analysis, selection.keep_unit)
+    return result
+
+
+def _require_weights(graph: Graph) -> None:
+    missing = [layer for layer in graph.layers if layer.weight_layout() and layer.weights is None]
+    if missing:
+        raise UsageError(f"pruning needs weights: layer {missing[0].index} [{missing[0].header}] has none")
+
+
+def report(result: PruneResult, compensation_error: float | None = None) -> dict[str, Any]:
+    """Per-layer and total figures (JSON-ready)."""
+    before, after = result.original, result.pruned
+    rows = []
+    after_by_source = _match_layers(result)
+    for layer in before.layers:
+        twin = after_by_source.get(layer.index)
+        row: dict[str, Any] = {
+            "index": layer.index,
+            "type": layer.kind,
+            "removed": twin is None,
+            "channels_before": layer.out_shape[0],
+            "channels_after": twin.out_shape[0] if twin is not None else 0,
+            "params_before": layer.params,
+            "params_after": twin.params if twin is not None else 0,
+            "bflops_before": layer.bflops(),
+            "bflops_after": twin.bflops() if twin is not None else 0.0,
+        }
+        if (
+            twin is not None
+            and layer.index in result.kept_channels
+            and twin.out_shape[0] < layer.out_shape[0]
+        ):
+            row["kept_indices"] = result.kept_channels[layer.index]
+        rows.append(row)
+    sel = result.selection
+    return {
+        "method": result.method,
+        "criterion": result.criterion,
+        "requested_ratio": sel.requested_ratio if sel else None,
+        "threshold": sel.threshold if sel else None,
+        "threshold_bound": sel.threshold_bound if sel else None,
+        "ratio_bound": sel.ratio_bound if sel else None,
+        "achieved_ratio": sel.achieved_ratio if sel else None,
+        "candidate_channels": sel.candidate_channels if sel else None,
+        "removed_shortcuts": result.removed_shortcuts,
+        "totals": {
+            "params_before": before.params,
+            "params_after": after.params,
+            "bflops_before": before.bflops,
+            "bflops_after": after.bflops,
+            "layers_before": len(before),
+            "layers_after": len(after),
+        },
+        "compensation": {
+            "inexact_at_borders": result.border_layers,
+            "measured_relative_error": compensation_error,
+        },
+        "layers": rows,
+    }
+
+
+def _match_layers(result: PruneResult) -> dict[int, L.Layer]:
+    """Original layer index → the pruned graph's copy of it (sections keep their cfg line through surgery)."""
+    by_line = {(layer.line, layer.kind): layer for layer in result.pruned.layers}
+    found = {layer.index: by_line.get((layer.line, layer.kind)) for layer in result.original.layers}
+    return {index: twin for index, twin in found.items() if twin is not None}

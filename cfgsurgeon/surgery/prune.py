@@ -145,3 +145,64 @@ def _match_layers(result: PruneResult) -> dict[int, L.Layer]:
     by_line = {(layer.line, layer.kind): layer for layer in result.pruned.layers}
     found = {layer.index: by_line.get((layer.line, layer.kind)) for layer in result.original.layers}
     return {index: twin for index, twin in found.items() if twin is not None}
+
+
+def report_markdown(data: dict[str, Any], source: str) -> str:
+    """A human-readable report: settings, totals, per-layer widths, and how exact the compensation is."""
+    totals = data["totals"]
+    lines = [
+        f"# Pruning report: {source}",
+        "",
+        f"- method: `{data['method']}`, criterion: `{data['criterion']}`",
+    ]
+    if data["achieved_ratio"] is not None:
+        requested = data["requested_ratio"]
+        lines += [
+            f"- requested ratio: {requested if requested is not None else 'by threshold'}; "
+            f"threshold {data['threshold']:.6g}",
+            f"- upper bound: ratio {data['ratio_bound']:.4f} (threshold {data['threshold_bound']:.6g}); "
+            f"a larger ratio would empty a layer",
+            f"- achieved ratio: {data['achieved_ratio']:.4f} "
+            f"of {data['candidate_channels']} candidate channels",
+        ]
+    if data["removed_shortcuts"]:
+        lines.append(f"- removed residual units (shortcut layers): {data['removed_shortcuts']}")
+    p0, p1 = totals["params_before"], totals["params_after"]
+    f0, f1 = totals["bflops_before"], totals["bflops_after"]
+    lines += [
+        f"- params: {p0:,} → {p1:,} ({p1 / p0:.1%}); BFLOPs: {f0:.3f} → {f1:.3f} ({f1 / f0:.1%}); "
+        f"layers: {totals['layers_before']} → {totals['layers_after']}",
+        "",
+        "## Compensation",
+        "",
+    ]
+    comp = data["compensation"]
+    if comp["inexact_at_borders"]:
+        lines.append(
+            "Removed channels with a non-zero constant output feed zero-padded convolutions "
+            f"(layers {comp['inexact_at_borders']}): their compensation is exact in the interior of the "
+            "feature maps but not at the borders."
+        )
+    else:
+        lines.append("Exact: every removed channel's constant is zero or reaches only unpadded consumers.")
+    if comp["measured_relative_error"] is not None:
+        lines.append(
+            f"Measured on a random input: max relative error {comp['measured_relative_error']:.3g} "
+            "against the keep-size model with the removed channels switched off (γ = 0)."
+        )
+    lines += ["", "## Layers", "", "| layer | type | channels | params | BFLOPs |", "|---:|---|---|---|---|"]
+    for row in data["layers"]:
+        if row["removed"]:
+            lines.append(
+                f"| {row['index']} | {row['type']} | removed | {row['params_before']:,} → 0 | "
+                f"{row['bflops_before']:.4f} → 0 |"
+            )
+        elif row["channels_after"] != row["channels_before"] or row["params_after"] != row["params_before"]:
+            lines.append(
+                f"| {row['index']} | {row['type']} | {row['channels_before']} → {row['channels_after']} | "
+                f"{row['params_before']:,} → {row['params_after']:,} | "
+                f"{row['bflops_before']:.4f} → {row['bflops_after']:.4f} |"
+            )
+    lines.append("")
+    lines.append("Unchanged layers are not listed; report.json has every layer and the kept channel indices.")
+    return "\n".join(lines) + "\n"

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .errors import CfgSurgeonError, UsageError
-from .files import refuse_overwrite
+from .files import atomic_output, refuse_overwrite
 from .ir import Graph, load_cfg
 
 CFG = click.option(
@@ -148,14 +149,374 @@ def init(cfg: Path, output: Path, seed: int, dead_fraction: float) -> None:
 
 
 @main.command()
-@click.option("-o", "--output", "outdir", default="demo_out", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Directory for the demo's files.")
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    default="demo_out",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the demo's files.",
+)
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 def demo(outdir: Path, seed: int) -> None:
     """Run the main job on the embedded default model (cfg/yolo-nano.cfg) and print what happens."""
     from .demo import run_demo
 
     run_demo(outdir, click.echo, seed=seed)
+
+
+@main.command()
+@CFG
+@click.option(
+    "--weights",
+    "weights",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet weights (.weights) matching the cfg.",
+)
+@click.option(
+    "--names",
+    "names",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Class names, one a line in class order (darknet's .names file, e.g. coco.names).",
+)
+@click.argument(
+    "images", nargs=-1, required=True, metavar="IMAGE...", type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--thresh",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Show a class of a box when its probability (objectness × class score) is above this.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON array of {image, class, name, prob, box: [left, top, width, height]} for all "
+    "images instead of darknet's lines; the timing lines go to stderr.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    default="predictions",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the annotated copies, <image-stem>.png (never an input image).",
+)
+@click.option(
+    "--backend",
+    default="torch",
+    show_default=True,
+    help="Runtime that runs the network (torch; an unknown name lists the available ones).",
+)
+def detect(
+    cfg: Path,
+    weights: Path,
+    names: Path,
+    images: tuple[Path, ...],
+    thresh: float,
+    as_json: bool,
+    outdir: Path,
+    backend: str,
+) -> None:
+    """Detect objects in IMAGE... as `darknet detector test -ext_output` does, with its numbers.
+
+    Per image: "IMAGE: Predicted in X ms." then one line per class of each box, `name: prob%` with the box's
+    left_x, top_y, width and height in pixels of the photo, sorted by left edge; and OUTDIR/<stem>.png with
+    the boxes drawn. The photo is resized to the network size (letterboxed only with [net] letter_box=1),
+    NMS is darknet's (IoU 0.45, or the last head's nms_kind).
+    """
+    from .detect import (
+        check_names,
+        detect_image,
+        draw,
+        format_darknet,
+        load_names,
+        make_runner,
+        output_paths,
+        to_json,
+    )
+
+    outputs = output_paths(images, outdir)
+    refuse_overwrite(outputs, [*images, cfg, weights, names])
+    graph = _load(cfg, weights)
+    class_names = check_names(graph, load_names(names), names, _warn)
+    runner = make_runner(graph, backend)
+    outdir.mkdir(parents=True, exist_ok=True)
+    found: list[dict] = []
+    for image, out_png in zip(images, outputs, strict=True):
+        result = detect_image(graph, runner, image, class_names, thresh)
+        click.echo(f"{image}: Predicted in {result.millis:.3f} ms.", err=as_json)
+        if as_json:
+            found.extend(to_json(str(image), result.detections))
+        else:
+            for line in format_darknet(result.detections):
+                click.echo(line)
+        draw(image, result.detections, out_png, classes=len(class_names))
+    if as_json:
+        click.echo(json.dumps(found))
+
+
+@main.command()
+@click.option(
+    "--cfg",
+    "cfg",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet model description (.cfg). Needed with --weights and with module_list checkpoints; "
+    "optional for cfgsurgeon .pt files, which embed theirs (given, it replaces the embedded one).",
+)
+@WEIGHTS
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A PyTorch .pt file: cfgsurgeon's own, or a module_list state_dict (see below).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The file to write; its suffix (.pt or .weights) chooses the format.",
+)
+def convert(cfg: Path | None, weights: Path | None, checkpoint: Path | None, output: Path) -> None:
+    """Convert a model between darknet .weights and PyTorch .pt checkpoints.
+
+    \b
+    Input, exactly one of:
+      --weights W      darknet .weights (with --cfg)
+      --checkpoint P   cfgsurgeon .pt: {"format": "cfgsurgeon", "version": 1, "cfg",
+                       "header", "state_dict"} (cfg embedded), or a state_dict of the
+                       ultralytics/yolov3 archive family (module_list.N.Conv2d.weight,
+                       module_list.N.BatchNorm2d.*, also conv_N/batch_norm_N; bare, inside
+                       "model" or "state_dict", with or without DataParallel's "module."),
+                       which needs --cfg
+    \b
+    Output, by the suffix of -o:
+      .weights         darknet weights (header and `seen` kept when the input has them)
+      .pt              cfgsurgeon checkpoint (loads in DarknetModel via its state_dict)
+
+    Checkpoints are read with torch.load(weights_only=True): files that pickle Python objects (a whole
+    model, a custom class) are refused with instructions to re-save the state_dict; no code from a file runs.
+    """
+    from .convert import check_output_suffix, load_checkpoint, write_model
+
+    if (weights is None) == (checkpoint is None):
+        raise UsageError("give exactly one input: --weights (with --cfg) or --checkpoint")
+    check_output_suffix(output)
+    refuse_overwrite([output], [cfg, weights, checkpoint])
+    if weights is not None:
+        if cfg is None:
+            raise UsageError("--weights needs --cfg (a .weights file does not describe its network)")
+        graph = _load(cfg, weights)
+    else:
+        graph = load_checkpoint(checkpoint, cfg, warn=_warn)
+    size = write_model(graph, output)
+    click.echo(f"wrote {output} ({size:,} bytes, {graph.params:,} floats)")
+
+
+def _export_torch_source(graph: Graph, output: Path) -> str:
+    from .emit.torch_source import write_torch_source
+
+    write_torch_source(graph, output)
+    return f"run it: python {output} MODEL.weights INPUT.npy OUTPUT.npz"
+
+
+# `export --format` choices: name → (output suffix, writer(graph, output) → a note to print). Add here.
+EXPORT_FORMATS = {
+    "torch-source": (".py", _export_torch_source),
+}
+
+
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(sorted(EXPORT_FORMATS)),
+    help="What to write: torch-source = one standalone .py file (torch + numpy only) defining the network "
+    "as code, with a .weights loader and a __main__ that runs a .npy input.",
+)
+@CFG
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The file to write.",
+)
+def export(fmt: str, cfg: Path, output: Path) -> None:
+    """Export the network described by a cfg to another framework's form."""
+    suffix, writer = EXPORT_FORMATS[fmt]
+    if output.suffix != suffix:
+        raise UsageError(f"--format {fmt} writes a {suffix} file; output {output} should end in {suffix}")
+    refuse_overwrite([output], [cfg])
+    graph = _load(cfg)
+    note = writer(graph, output)
+    click.echo(f"wrote {output} ({fmt}); {note}")
+
+
+@main.command()
+@CFG
+@click.option(
+    "--weights",
+    "weights",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet weights (.weights) matching the cfg; BN γ drive the selection.",
+)
+@click.option(
+    "--method",
+    required=True,
+    type=click.Choice(["normal", "shortcut", "slim", "regular", "layer", "layer-channel"]),
+    help="normal: skip shortcut-coupled convs; shortcut: include them; slim: global threshold, "
+    "--layer-keep floor and shortcut fusion; regular: widths rounded to --round-to; layer: "
+    "remove --shortcuts residual units; layer-channel: both (slim).",
+)
+@click.option("--percent", type=float, help="Share of candidate channels to remove (0-1).")
+@click.option("--threshold", type=float, help="Remove channels whose (group) score is below this.")
+@click.option(
+    "--layer-keep",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="slim: each group keeps at least this share of its channels.",
+)
+@click.option(
+    "--round-to",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1),
+    help="regular: kept widths are multiples of this (or the full width).",
+)
+@click.option(
+    "--shortcuts",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="layer, layer-channel: how many residual units to remove.",
+)
+@click.option(
+    "--criterion",
+    default="bn-gamma",
+    show_default=True,
+    type=click.Choice(["bn-gamma", "l1", "l2", "bn-gamma-l1", "random"]),
+    help="Channel importance; coupled channels score as their best member.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed for --criterion random.")
+@click.option("--force", is_flag=True, help="Allow a ratio/threshold above the safe upper bound.")
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Measure the pruned model against the masked original with torch (if installed).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for pruned.cfg, pruned.weights, report.md and report.json.",
+)
+def prune(
+    cfg: Path,
+    weights: Path,
+    method: str,
+    percent: float | None,
+    threshold: float | None,
+    layer_keep: float,
+    round_to: int,
+    shortcuts: int,
+    criterion: str,
+    seed: int,
+    force: bool,
+    verify: bool,
+    outdir: Path,
+) -> None:
+    """Prune channels and/or residual units; write the compact model and a report.
+
+    The upper bound of the global ratio (the largest that empties no layer) is always printed; a larger
+    request is refused unless --force. Removed channels' constant outputs are folded into their consumers.
+    """
+    from .emit.cfg import write_cfg
+    from .surgery.prune import prune as run_prune
+    from .surgery.prune import report, report_markdown
+    from .weights import write_weights
+
+    graph = _load(cfg, weights)
+    result = run_prune(
+        graph,
+        method,
+        percent=percent,
+        threshold=threshold,
+        layer_keep=layer_keep,
+        round_to=round_to,
+        shortcuts=shortcuts,
+        criterion=criterion,
+        seed=seed,
+        force=force,
+    )
+    error = _compensation_error(result) if verify else None
+    data = report(result, error)
+    outdir.mkdir(parents=True, exist_ok=True)
+    outputs = {name: outdir / name for name in ("pruned.cfg", "pruned.weights", "report.md", "report.json")}
+    refuse_overwrite(list(outputs.values()), [cfg, weights])
+    write_cfg(result.pruned, outputs["pruned.cfg"])
+    write_weights(result.pruned, outputs["pruned.weights"])
+    with atomic_output(outputs["report.json"], "w") as out:
+        json.dump(data, out, indent=1)
+    with atomic_output(outputs["report.md"], "w") as out:
+        out.write(report_markdown(data, str(cfg)))
+    _print_prune_summary(data, outdir)
+
+
+def _compensation_error(result) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    from .emit.torch import to_torch
+
+    if result.analysis is None or result.removed_shortcuts:
+        return None
+    c, h, w = result.original.input_shape
+    x = torch.from_numpy(np.random.default_rng(0).random((1, c, h, w), dtype=np.float32))
+    with torch.inference_mode():
+        ours, reference = to_torch(result.pruned)(x), to_torch(result.masked())(x)
+    pairs = zip(ours, reference, strict=True)
+    return max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in pairs)
+
+
+def _print_prune_summary(data: dict, outdir: Path) -> None:
+    totals = data["totals"]
+    if data["achieved_ratio"] is not None:
+        click.echo(
+            f"upper bound of the global ratio: {data['ratio_bound']:.4f} "
+            f"(threshold {data['threshold_bound']:.6g})"
+        )
+        click.echo(f"achieved ratio: {data['achieved_ratio']:.4f} of {data['candidate_channels']} channels")
+    if data["removed_shortcuts"]:
+        click.echo(f"removed residual units at shortcut layers {data['removed_shortcuts']}")
+    click.echo(
+        f"params {totals['params_before']:,} -> {totals['params_after']:,}, "
+        f"BFLOPs {totals['bflops_before']:.3f} -> {totals['bflops_after']:.3f}"
+    )
+    comp = data["compensation"]
+    if comp["inexact_at_borders"]:
+        measured = comp["measured_relative_error"]
+        click.echo(
+            f"compensation inexact at feature-map borders in {len(comp['inexact_at_borders'])} layers"
+            + (f" (measured max relative error {measured:.3g})" if measured is not None else "")
+        )
+    click.echo(f"wrote {outdir}/pruned.cfg, pruned.weights, report.md, report.json")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -495,8 +495,9 @@ class DarknetModel(nn.Module):
             for i, layer in enumerate(graph.layers)
             if isinstance(layer, L.Convolutional) and layer.shares is not None
         }
-        for i, j in self.shares.items():
-            self.blocks[i].conv = self.blocks[j].conv  # share_index: the same parameters
+        for i, j in self.shares.items():  # share_index: the same tensors, each layer its own geometry
+            self.blocks[i].conv.weight = self.blocks[j].conv.weight
+            self.blocks[i].conv.bias = self.blocks[j].conv.bias
             self.blocks[i].bn = self.blocks[j].bn
         heads = [i for i, layer in enumerate(graph.layers) if isinstance(layer, HEADS)]
         self.heads = heads or [len(graph.layers) - 1]

@@ -13,6 +13,7 @@ emitted only when a layer uses them.
 
 from __future__ import annotations
 
+import math
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -296,10 +297,14 @@ class TorchSourceEmitter:
                 layer.where("xnor"),
             )
         i, shared = layer.index, layer.shares
-        # share_index: the module of cfgsurgeon.emit.torch reuses the shared layer's conv (and bn) modules.
+        # share_index: darknet shares the weights (and BN tensors), not the geometry: own conv, owner's tensors.
         owner = f"l{i}" if shared is None else f"l{self.graph.index_of(shared)}"
-        init = [] if shared is not None else self._conv_modules(layer)
-        expr = f"self.{owner}_conv({ins[0]})"
+        init = self._conv_modules(layer)
+        if shared is not None:
+            init = init[:1] + [f"self.l{i}_conv.weight = self.{owner}_conv.weight"]
+            if not layer.batch_normalize:
+                init.append(f"self.l{i}_conv.bias = self.{owner}_conv.bias")
+        expr = f"self.l{i}_conv({ins[0]})"
         if layer.batch_normalize:
             expr = f"self.{owner}_bn({expr})"
         expr = self.activation(layer.activation, expr)
@@ -334,7 +339,7 @@ class TorchSourceEmitter:
 
     def visit_Connected(self, layer: L.Connected, ins: list[str]) -> LayerCode:
         i, bn = layer.index, bool(layer.batch_normalize)
-        init = [f"self.l{i}_fc = nn.Linear({int(np.prod(layer.in_shape))}, {layer.output}, bias={not bn})"]
+        init = [f"self.l{i}_fc = nn.Linear({math.prod(layer.in_shape)}, {layer.output}, bias={not bn})"]
         expr = f"self.l{i}_fc({ins[0]}.flatten(1))"
         if bn:
             init.append(f"self.l{i}_bn = nn.BatchNorm1d({layer.output}, eps=BN_EPS)")

@@ -377,7 +377,8 @@ def test_the_source_reads_layer_by_layer() -> None:
     assert "self.l0_conv = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)" in source
     assert "self.l0_bn = nn.BatchNorm2d(16, eps=BN_EPS)" in source
     assert "self.l12_implicit = nn.Parameter(torch.zeros(32))" in source
-    assert "l2 = elu(self.l1_bn(self.l1_conv(l1)))" in source  # share_index=1: layer 1's parameters
+    assert "l2 = elu(self.l1_bn(self.l2_conv(l1)))" in source  # share_index=1: layer 1's tensors
+    assert "self.l2_conv.weight = self.l1_conv.weight" in source  # ... in layer 2's own geometry
     assert "self.l2_conv" not in source
     for layer in graph.layers:
         assert f"        # {layer.index} [{layer.header}]" in source

@@ -19,8 +19,6 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .. import layers as L
 from ..errors import CfgError
 from ..files import atomic_output
@@ -297,7 +295,7 @@ class TorchSourceEmitter:
                 layer.where("xnor"),
             )
         i, shared = layer.index, layer.shares
-        # share_index: darknet shares the weights (and BN tensors), not the geometry: own conv, owner's tensors.
+        # share_index: darknet shares the weights and BN tensors, not the geometry.
         owner = f"l{i}" if shared is None else f"l{self.graph.index_of(shared)}"
         init = self._conv_modules(layer)
         if shared is not None:

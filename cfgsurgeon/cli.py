@@ -212,7 +212,14 @@ def demo(outdir: Path, seed: int) -> None:
     "--backend",
     default="torch",
     show_default=True,
-    help="Runtime that runs the network (torch; an unknown name lists the available ones).",
+    type=click.Choice(["torch", "onnxruntime", "openvino"]),
+    help="Runtime that runs the network. onnxruntime/openvino run --model, or export the cfg+weights "
+    "in memory when --model is not given.",
+)
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="An exported model (.onnx for onnxruntime, .xml for openvino) made from this cfg by `export`.",
 )
 def detect(
     cfg: Path,
@@ -223,6 +230,7 @@ def detect(
     as_json: bool,
     outdir: Path,
     backend: str,
+    model: Path | None,
 ) -> None:
     """Detect objects in IMAGE... as `darknet detector test -ext_output` does, with its numbers.
 
@@ -237,16 +245,16 @@ def detect(
         draw,
         format_darknet,
         load_names,
-        make_runner,
         output_paths,
         to_json,
     )
+    from .runtimes import make_runner
 
     outputs = output_paths(images, outdir)
     refuse_overwrite(outputs, [*images, cfg, weights, names])
     graph = _load(cfg, weights)
     class_names = check_names(graph, load_names(names), names, _warn)
-    runner = make_runner(graph, backend)
+    runner = make_runner(graph, backend, model)
     outdir.mkdir(parents=True, exist_ok=True)
     found: list[dict] = []
     for image, out_png in zip(images, outputs, strict=True):
@@ -321,16 +329,33 @@ def convert(cfg: Path | None, weights: Path | None, checkpoint: Path | None, out
     click.echo(f"wrote {output} ({size:,} bytes, {graph.params:,} floats)")
 
 
-def _export_torch_source(graph: Graph, output: Path) -> str:
+def _export_torch_source(graph: Graph, output: Path, options: dict) -> str:
     from .emit.torch_source import write_torch_source
 
     write_torch_source(graph, output)
     return f"run it: python {output} MODEL.weights INPUT.npy OUTPUT.npz"
 
 
-# `export --format` choices: name → (output suffix, writer(graph, output) → a note to print). Add here.
+def _export_onnx(graph: Graph, output: Path, options: dict) -> str:
+    from .emit.onnx import OPSET, output_names, write_onnx
+
+    write_onnx(graph, output, dynamic_batch=options["dynamic_batch"])
+    batch = "dynamic" if options["dynamic_batch"] else "1"
+    return f"opset {OPSET}, input 'images' (batch {batch}), outputs {output_names(graph)}"
+
+
+def _export_openvino(graph: Graph, output: Path, options: dict) -> str:
+    from .emit.openvino import write_openvino
+
+    write_openvino(graph, output, fp16=options["fp16"], dynamic_batch=options["dynamic_batch"])
+    return f"{'FP16' if options['fp16'] else 'FP32'} weights in {output.with_suffix('.bin')}"
+
+
+# `export --format` choices: name → (output suffix, needs weights, writer(graph, output, options) → note).
 EXPORT_FORMATS = {
-    "torch-source": (".py", _export_torch_source),
+    "torch-source": (".py", False, _export_torch_source),
+    "onnx": (".onnx", True, _export_onnx),
+    "openvino": (".xml", True, _export_openvino),
 }
 
 
@@ -340,10 +365,14 @@ EXPORT_FORMATS = {
     "fmt",
     required=True,
     type=click.Choice(sorted(EXPORT_FORMATS)),
-    help="What to write: torch-source = one standalone .py file (torch + numpy only) defining the network "
-    "as code, with a .weights loader and a __main__ that runs a .npy input.",
+    help="torch-source: one standalone .py (torch + numpy) defining the network as code, with a .weights "
+    "loader; onnx: ONNX (opset 17) with the raw head tensors as outputs; openvino: OpenVINO IR .xml/.bin "
+    "converted from that ONNX graph.",
 )
 @CFG
+@WEIGHTS
+@click.option("--fp16", is_flag=True, help="openvino: store weights as FP16 (default FP32, exact).")
+@click.option("--dynamic-batch", is_flag=True, help="onnx/openvino: a symbolic batch dimension.")
 @click.option(
     "-o",
     "--output",
@@ -352,14 +381,20 @@ EXPORT_FORMATS = {
     type=click.Path(dir_okay=False, path_type=Path),
     help="The file to write.",
 )
-def export(fmt: str, cfg: Path, output: Path) -> None:
-    """Export the network described by a cfg to another framework's form."""
-    suffix, writer = EXPORT_FORMATS[fmt]
+def export(fmt: str, cfg: Path, weights: Path | None, fp16: bool, dynamic_batch: bool, output: Path) -> None:
+    """Export the network described by a cfg (and its weights) to another framework's form.
+
+    The exported models output the raw detection-head tensors; `detect --backend onnxruntime|openvino
+    --model FILE` decodes them into boxes exactly as for the torch backend.
+    """
+    suffix, needs_weights, writer = EXPORT_FORMATS[fmt]
     if output.suffix != suffix:
         raise UsageError(f"--format {fmt} writes a {suffix} file; output {output} should end in {suffix}")
-    refuse_overwrite([output], [cfg])
-    graph = _load(cfg)
-    note = writer(graph, output)
+    if needs_weights and weights is None:
+        raise UsageError(f"--format {fmt} needs --weights")
+    refuse_overwrite([output], [cfg, weights])
+    graph = _load(cfg, weights)
+    note = writer(graph, output, {"fp16": fp16, "dynamic_batch": dynamic_batch})
     click.echo(f"wrote {output} ({fmt}); {note}")
 
 

@@ -10,9 +10,8 @@ probabilities are float32 as in darknet's ``detection`` structs, and the filters
 darknet's lines for the zoo photos; the decoder here is Pillow's (libjpeg), whose pixels differ from stb's by
 up to 3/255, which moves a probability by at most a point and a box by at most a pixel there.
 
-The network itself runs in a *backend*: a function ``graph → runner`` in :data:`BACKENDS`, where a runner maps
-a float32 ``N×C×H×W`` batch to the detection heads' outputs (one array per head, batch first). Only ``torch``
-is here; another runtime is one more entry.
+The network itself runs in a runtime (``cfgsurgeon.runtimes``: torch, onnxruntime, openvino), so an exported
+model is checked by exactly this pipeline.
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ from .errors import UsageError
 from .files import atomic_output
 from .ir import Graph
 from .postprocess import decode
+from .runtimes import Runner
 
-Runner = Callable[[np.ndarray], list[np.ndarray]]
 HEAD_TYPES = (L.Yolo, L.Region)  # what `darknet detector test` decodes ([Gaussian_yolo] is a Yolo)
 
 
@@ -183,33 +182,6 @@ def head_layers(graph: Graph) -> list[L.Layer]:
     if not heads:
         raise UsageError(f"{graph.source}: the model has no [yolo], [Gaussian_yolo] or [region] layer")
     return heads
-
-
-def _torch_runner(graph: Graph) -> Runner:
-    import torch
-
-    from .emit.torch import to_torch
-
-    model = to_torch(graph)
-    keep = [layer.index for layer in head_layers(graph)]
-
-    def run(batch: np.ndarray) -> list[np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        with torch.inference_mode():
-            return [out.numpy() for out in model(x, keep=keep)]
-
-    return run
-
-
-BACKENDS: dict[str, Callable[[Graph], Runner]] = {"torch": _torch_runner}
-
-
-def make_runner(graph: Graph, backend: str = "torch") -> Runner:
-    """A runner for ``graph`` (weights already read into it) on ``backend``."""
-    factory = BACKENDS.get(backend)
-    if factory is None:
-        raise UsageError(f"unknown backend '{backend}' (choose from {', '.join(sorted(BACKENDS))})")
-    return factory(graph)
 
 
 # -- one photo, end to end ----------------------------------------------------------------------------------

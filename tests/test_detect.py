@@ -256,7 +256,8 @@ def test_unreadable_image_is_one_line_usage_error(tmp_path: Path):
 @cache
 def _model():
     from cfgsurgeon import load_cfg, read_weights
-    from cfgsurgeon.detect import load_names, make_runner
+    from cfgsurgeon.detect import load_names
+    from cfgsurgeon.runtimes import make_runner
 
     graph = load_cfg(MODELS / "yolov3-tiny.cfg", warn=lambda _: None)
     read_weights(graph, MODELS / "yolov3-tiny.weights")

@@ -1,0 +1,55 @@
+"""IR → ONNX, through the torch backend (``torch.onnx.export`` with the TorchScript exporter, opset 17).
+
+The graph's outputs are the raw detection-head tensors, named ``<type>_<layer index>`` (e.g. ``yolo_30``), the
+same tensors the torch backend returns; ``cfgsurgeon.postprocess.decode`` + ``detect`` turn them into boxes
+for every runtime. The input is ``images`` (N×C×H×W, RGB in [0, 1]); ``dynamic_batch`` makes N symbolic.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from ..files import atomic_output
+from ..ir import Graph
+
+OPSET = 17  # the newest opset the TorchScript exporter writes by default; onnxruntime and OpenVINO read it
+INPUT_NAME = "images"
+
+
+def output_names(graph: Graph) -> list[str]:
+    from .torch import HEADS
+
+    heads = [layer for layer in graph.layers if isinstance(layer, HEADS)] or [graph.layers[-1]]
+    return [f"{layer.kind}_{layer.index}" for layer in heads]
+
+
+def onnx_bytes(graph: Graph, dynamic_batch: bool = False) -> bytes:
+    """Serialised ONNX model of ``graph`` (weights must be loaded)."""
+    import torch
+
+    from .torch import to_torch
+
+    model = to_torch(graph)
+    c, h, w = graph.input_shape
+    example = torch.zeros(1, c, h, w)
+    names = output_names(graph)
+    axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]} if dynamic_batch else None
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model,
+        (example,),
+        buffer,
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=[INPUT_NAME],
+        output_names=names,
+        dynamic_axes=axes,
+    )
+    return buffer.getvalue()
+
+
+def write_onnx(graph: Graph, path: str | Path, dynamic_batch: bool = False) -> None:
+    data = onnx_bytes(graph, dynamic_batch)
+    with atomic_output(path) as out:
+        out.write(data)

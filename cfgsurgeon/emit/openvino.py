@@ -1,0 +1,45 @@
+"""IR → OpenVINO IR (``.xml`` + ``.bin``), converted from our ONNX export.
+
+Why from ONNX: it is the one graph we already verify against onnxruntime, it needs no TensorFlow, and
+``openvino.convert_model`` reads it offline with every op the backend emits. FP32 weights by default
+(``openvino.save_model`` would compress to FP16 unless told not to); ``fp16=True`` halves the file. At run
+time the CPU plugin defaults to bf16 on AMX machines, so :func:`compile_model` pins f32 inference.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..errors import UsageError
+from ..ir import Graph
+from .onnx import onnx_bytes
+
+
+def write_openvino(
+    graph: Graph, xml_path: str | Path, fp16: bool = False, dynamic_batch: bool = False
+) -> None:
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    if xml_path.suffix != ".xml":
+        raise UsageError(f"OpenVINO output {xml_path} should end in .xml (the .bin is written beside it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        onnx_path.write_bytes(onnx_bytes(graph, dynamic_batch))
+        model = ov.convert_model(str(onnx_path))
+        staged = Path(tmp) / xml_path.name
+        ov.save_model(model, str(staged), compress_to_fp16=fp16)
+        xml_path.parent.mkdir(parents=True, exist_ok=True)
+        staged.with_suffix(".bin").replace(xml_path.with_suffix(".bin"))  # .bin first: the .xml names it
+        staged.replace(xml_path)
+
+
+def compile_model(xml_path: str | Path, threads: int | None = None):
+    """Compile for the CPU with exact f32 inference."""
+    import openvino as ov
+
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(str(xml_path), "CPU", config)

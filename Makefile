@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # not reinstall. torch is pinned exactly in setup.cfg (torch==2.13.0, the local CPU wheel); never torchvision.
 STAMP      := $(VENV)/.stamp
 STAMP_FULL := $(VENV)/.stamp-full
-EXTRAS     ?= dev,torch
+EXTRAS     ?= dev,torch,onnx,openvino
 
 .PHONY: venv venv-full demo test lint bench clean
 

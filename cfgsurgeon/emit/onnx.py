@@ -8,6 +8,7 @@ for every runtime. The input is ``images`` (N×C×H×W, RGB in [0, 1]); ``dynami
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 from ..files import atomic_output
@@ -36,16 +37,10 @@ def onnx_bytes(graph: Graph, dynamic_batch: bool = False) -> bytes:
     names = output_names(graph)
     axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]} if dynamic_batch else None
     buffer = io.BytesIO()
-    torch.onnx.export(
-        model,
-        (example,),
-        buffer,
-        dynamo=False,
-        opset_version=OPSET,
-        input_names=[INPUT_NAME],
-        output_names=names,
-        dynamic_axes=axes,
-    )
+    with warnings.catch_warnings():  # the tracer's notes on Python-side shape arithmetic; shapes are static
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes)
     return buffer.getvalue()
 
 

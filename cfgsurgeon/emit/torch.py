@@ -100,6 +100,7 @@ class Conv(nn.Module):
         super().__init__()
         c = layer.in_shape[0]
         pad, dil = layer.effective_padding, layer.effective_dilation
+        _check_conv_geometry(layer)
         self.conv = nn.Conv2d(
             c,
             layer.filters,
@@ -120,6 +121,35 @@ class Conv(nn.Module):
             y = self.bn(y)
         y = self.act(y)
         return self.blur(y) if self.blur is not None else y
+
+
+def _check_conv_geometry(layer: L.Convolutional) -> None:
+    """Refuse the geometries where darknet's convolution is not a convolution: (1) a dilated conv whose
+    im2col output size (which counts the dilation) differs from the layer's out_h × out_w (which does not):
+    the GEMM then reads the column buffer with the wrong stride and past what im2col wrote; (2) a 1×1 conv
+    with stride_x = 1, which darknet feeds its input directly as the GEMM matrix, so stride_y ≠ 1 or
+    padding ≠ 0 scramble (or overrun) the input instead of striding or padding it."""
+    _, h, w = layer.in_shape
+    sy, sx = (1, 1) if layer.antialiasing else layer.strides
+    pad, dil, size = layer.effective_padding, layer.effective_dilation, layer.size
+    if dil > 1:
+        im2col = (
+            (h + 2 * pad * dil - dil * (size - 1) - 1) // sy + 1,
+            (w + 2 * pad * dil - dil * (size - 1) - 1) // sx + 1,
+        )
+        if im2col != layer.conv_output():
+            raise CfgError(
+                f"layer {layer.index} [{layer.header}] dilation={dil} with padding {pad}: darknet's output "
+                f"size {layer.conv_output()} and its im2col size {im2col} disagree (undefined result; "
+                "use pad=1)",
+                layer.where("dilation"),
+            )
+    if size == 1 and sx == 1 and dil == 1 and (sy != 1 or pad != 0):
+        raise CfgError(
+            f"layer {layer.index} [{layer.header}] a 1x1 convolution with stride_x=1 and stride_y={sy}, "
+            f"padding={pad}: darknet reads its input as the GEMM matrix unchanged (undefined result)",
+            layer.where(),
+        )
 
 
 def _blur(layer: L.Convolutional) -> nn.Conv2d:
@@ -164,6 +194,11 @@ class Pool(nn.Module):
 
     def __init__(self, layer: L.MaxPool, average: bool):
         super().__init__()
+        if layer.antialiasing:  # pooling at stride 1 then a blur: a different output size than the IR's
+            raise CfgError(
+                f"layer {layer.index} [{layer.header}] antialiasing is not supported",
+                layer.where("antialiasing"),
+            )
         _, h, w = layer.in_shape
         _, out_h, out_w = layer.out_shape
         self.size, self.stride = layer.size, (layer.stride_y, layer.stride_x)
@@ -212,10 +247,11 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.stride > 0:
             y = x.repeat_interleave(self.stride, dim=2).repeat_interleave(self.stride, dim=3)
-        else:
+        else:  # darknet runs upsample_cpu backwards: the input buffer is read with the output's geometry × s
             s = -self.stride
             b, c, h, w = x.shape
-            y = x[:, :, : h // s * s, : w // s * s].reshape(b, c, h // s, s, w // s, s).sum(dim=(3, 5))
+            oh, ow = h // s, w // s
+            y = x.reshape(b, -1)[:, : c * oh * s * ow * s].reshape(b, c, oh, s, ow, s).sum(dim=(3, 5))
         return y * self.scale if self.scale != 1 else y
 
 
@@ -245,6 +281,7 @@ class Shortcut(nn.Module):
         w = self._normalised_weights()
         out = x * w[0].view(1, -1, 1, 1) if w is not None else x
         for k, other in enumerate(others, start=1):
+            other = other[:, : out.shape[1]]  # darknet adds from[i] for the flat indices i both layers have
             term = other * w[k].view(1, -1, 1, 1)[:, : other.shape[1]] if w is not None else other
             n = min(out.shape[1], term.shape[1])
             out = (
@@ -417,14 +454,27 @@ class Implicit(nn.Module):
 
 
 class LRN(nn.Module):
-    """darknet: ``x / (kappa + alpha·Σ x²)^beta`` over ``size`` neighbouring channels (alpha not divided)."""
+    """darknet: ``x · (kappa + alpha·S_k)^-beta`` (alpha not divided by size), S_k the running sum of squares
+    forward_normalization_layer keeps: S_0 = channels 0 … size/2 − 1, then channel k adds ``k + size/2`` and
+    drops ``k − (size−1)/2 − 1``. Channel size/2 is never added but is dropped later, so S_k is the textbook
+    window ``[k − (size−1)/2, k + size/2]`` minus x²(size/2); we compute what darknet computes."""
 
     def __init__(self, layer: L.Normalization):
         super().__init__()
         self.size, self.alpha, self.beta, self.kappa = layer.size, layer.alpha, layer.beta, layer.kappa
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.local_response_norm(x, self.size, alpha=self.alpha * self.size, beta=self.beta, k=self.kappa)
+        squared = x * x
+        c = x.shape[1]
+        ahead, behind = self.size // 2, (self.size - 1) // 2 + 1
+        first = squared[:, :ahead].sum(dim=1, keepdim=True)
+        added = squared[:, ahead + 1 :]  # enters at channel k = 1 … c − 1 − ahead
+        dropped = squared[:, : max(0, c - behind)]  # leaves at channel k = behind …
+        step = F.pad(added, (0, 0, 0, 0, 1, c - 1 - added.shape[1])) - F.pad(
+            dropped, (0, 0, 0, 0, c - dropped.shape[1], 0)
+        )
+        norms = self.kappa + self.alpha * (first + step.cumsum(dim=1))
+        return x * norms.pow(-self.beta)
 
 
 class Identity(nn.Module):

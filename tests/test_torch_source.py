@@ -145,6 +145,31 @@ OPS_B = "\n".join(  # share_index, maxpool_depth, stride_x/stride_y, old reorg, 
 )
 
 
+OPS_D = "\n".join(  # where darknet is not the textbook op: wide shortcut inputs, upsample<0, its LRN window
+    [
+        net(7),
+        conv(16, 3, "leaky", bn=1),  # 0: 16x7x7
+        conv(8, 3, "leaky", bn=1),  # 1: 8x7x7
+        section(
+            "shortcut", **_from(0), weights_type="per_channel", weights_normalization="softmax"
+        ),  # 2: from a wider layer, per_channel weights
+        section("shortcut", **_from(0), activation="leaky"),  # 3: from a wider layer, no weights
+        PROBE,  # 4
+        section("upsample", stride=-2),  # 5: 7x7 -> 3x3, read from the flat buffer (7 is not a multiple)
+        PROBE,  # 6
+        section("route", layers=0),  # 7
+        section("upsample", stride=-3, scale=0.5),  # 8: 7x7 -> 2x2
+        PROBE,  # 9
+        section("route", layers=0),  # 10
+        section("normalization", size=5, alpha=0.01, beta=0.75, kappa=1),  # 11
+        PROBE,  # 12
+        section("route", layers=0),  # 13
+        section("lrn", size=4, alpha=0.5, beta=0.5, kappa=2),  # 14: even size
+        PROBE,  # 15
+    ]
+)
+
+
 def _activations_cfg() -> str:
     """Every activation on O(1) values ×4 and ×20.5 (past mish's softplus threshold), concatenated."""
     parts = [net(8), conv(8, 1), section("upsample", stride=1, scale=4.0)]
@@ -159,7 +184,7 @@ def _activations_cfg() -> str:
 
 
 OPS_C = _activations_cfg()
-SYNTHETIC = {"ops_a": OPS_A, "ops_b": OPS_B, "ops_c": OPS_C}
+SYNTHETIC = {"ops_a": OPS_A, "ops_b": OPS_B, "ops_c": OPS_C, "ops_d": OPS_D}
 
 
 # -- models --------------------------------------------------------------------------------------------------
@@ -229,6 +254,7 @@ CASES = {
     "ops_a-transposed-connected": Case("ops_a", None, WeightsHeader(1001, 0, 0, 9)),
     "ops_b": Case("ops_b", None),
     "ops_c": Case("ops_c", None),
+    "ops_d": Case("ops_d", None),
 }
 
 RUNNER = """
@@ -329,6 +355,22 @@ def _module(graph: Graph) -> types.ModuleType:
     return module
 
 
+def test_darknet_specific_layers_equal_the_backend_bit_for_bit(tmp_path: Path) -> None:
+    """ops_d (wide shortcut inputs with per_channel weights, upsample<0 on a size it does not divide,
+    darknet's LRN window) in the default run too: the generated code exec'd in this process."""
+    graph = randomize(load_graph("ops_d"))
+    write_weights(graph, tmp_path / "ops_d.weights")
+    module = _module(graph)
+    model = module.Darknet()
+    module.load_darknet_weights(model, str(tmp_path / "ops_d.weights"))
+    x = torch.from_numpy(np.random.default_rng(1).random((2, *graph.input_shape), dtype=np.float32))
+    with torch.no_grad():
+        got, want = model(x), to_torch(graph)(x)
+    assert len(got) == len(want) == 5
+    for name, a, b in zip(module.OUTPUT_NAMES, got, want, strict=True):
+        assert bit_equal(a.numpy(), b.numpy()), f"{name}: max |diff| {max_abs_diff(a.numpy(), b.numpy())}"
+
+
 def test_every_backend_layer_type_has_a_visit_method() -> None:
     names = [kind.__name__ for kind in BUILDERS]
     assert [name for name in names if not hasattr(TorchSourceEmitter, f"visit_{name}")] == []
@@ -403,8 +445,15 @@ def test_generated_model_loads_the_same_state_as_the_backend() -> None:
         (net(8) + conv(4, 3, "leaky", bn=1) + conv(4, 3, "leaky", bn=1, xnor=1), "xnor/binary convolutions"),
         (net(8) + conv(4, 1) + section("reorg3d", stride=2, reverse=1), "reverse=1 is not supported"),
         (net(8) + conv(10, 1) + section("region", num=1, coords=4, classes=5, tree="x.tree"), "softmax tree"),
+        (
+            net(8) + section("convolutional", filters=4, size=3, pad=0, padding=0, dilation=2),
+            "im2col size",
+        ),
+        (net(8) + conv(4, 1, stride_x=1, stride_y=2), "a 1x1 convolution with stride_x=1 and stride_y=2"),
+        (net(8) + conv(4, 1) + section("maxpool", size=2, stride=2, antialiasing=1), "antialiasing"),
+        (net(8) + conv(4, 1) + section("local_avgpool", size=2, stride=2, antialiasing=2), "antialiasing"),
     ],
-    ids=["xnor", "reorg-reverse", "region-tree"],
+    ids=["xnor", "reorg-reverse", "region-tree", "dilated-conv", "1x1-stride-y", "maxpool-aa", "avgpool-aa"],
 )
 def test_unsupported_layers_are_refused_like_the_backend(text: str, message: str, tmp_path: Path) -> None:
     graph = loads_cfg(text, "bad.cfg", warn=quiet)

@@ -121,13 +121,16 @@ def maxpool_depth(x: Tensor, out_channels: int) -> Tensor:
 ''',
     "upsample_darknet": '''
 def upsample_darknet(x: Tensor, stride: int, scale: float) -> Tensor:
-    """Nearest-neighbour upsampling by stride; a negative stride sums stride x stride blocks instead."""
+    """Nearest-neighbour upsampling by stride; a negative stride sums stride x stride blocks instead.
+    darknet runs that one backwards: it reads the input buffer with the output's geometry x s, so when the
+    input size is not a multiple of s the blocks are taken from the flat buffer, not from the image."""
     if stride > 0:
         y = x.repeat_interleave(stride, dim=2).repeat_interleave(stride, dim=3)
     else:
         s = -stride
         b, c, h, w = x.shape
-        y = x[:, :, : h // s * s, : w // s * s].reshape(b, c, h // s, s, w // s, s).sum(dim=(3, 5))
+        oh, ow = h // s, w // s
+        y = x.reshape(b, -1)[:, : c * oh * s * ow * s].reshape(b, c, oh, s, ow, s).sum(dim=(3, 5))
     return y * scale if scale != 1 else y
 ''',
     "route_group": '''
@@ -138,10 +141,11 @@ def route_group(x: Tensor, groups: int, group_id: int) -> Tensor:
     "shortcut_darknet": '''
 def shortcut_darknet(x: Tensor, others: list[Tensor], weights: Tensor | None, normalization: str) -> Tensor:
     """[shortcut]: w0*x + sum(wk*from_k) (weights optional); a from-layer with fewer channels adds to the
-    first channels only, one with more channels is cut."""
+    first channels only, one with more channels is first cut to this layer's channels."""
     w = None if weights is None else shortcut_weights(weights, normalization)
     out = x * w[0].view(1, -1, 1, 1) if w is not None else x
     for k, other in enumerate(others, start=1):
+        other = other[:, : out.shape[1]]  # darknet adds from[i] for the flat indices i both layers have
         term = other * w[k].view(1, -1, 1, 1)[:, : other.shape[1]] if w is not None else other
         n = min(out.shape[1], term.shape[1])
         out = (
@@ -161,6 +165,23 @@ def shortcut_weights(w: Tensor, normalization: str) -> Tensor:
         e = torch.exp(w - w.amax(dim=0, keepdim=True))
         return e / (1e-4 + e.sum(dim=0, keepdim=True))
     return w
+''',
+    "lrn_darknet": '''
+def lrn_darknet(x: Tensor, size: int, alpha: float, beta: float, kappa: float) -> Tensor:
+    """[normalization]: x * (kappa + alpha*S_k)^-beta (alpha not divided by size), S_k darknet's running sum
+    of squares: S_0 = channels 0 .. size/2 - 1, then channel k adds k + size/2 and drops k - (size-1)/2 - 1.
+    Channel size/2 is never added but is dropped later: the textbook window minus x(size/2)^2."""
+    squared = x * x
+    c = x.shape[1]
+    ahead, behind = size // 2, (size - 1) // 2 + 1
+    first = squared[:, :ahead].sum(dim=1, keepdim=True)
+    added = squared[:, ahead + 1 :]  # enters at channel k = 1 .. c - 1 - ahead
+    dropped = squared[:, : max(0, c - behind)]  # leaves at channel k = behind ..
+    step = F.pad(added, (0, 0, 0, 0, 1, c - 1 - added.shape[1])) - F.pad(
+        dropped, (0, 0, 0, 0, c - dropped.shape[1], 0)
+    )
+    norms = kappa + alpha * (first + step.cumsum(dim=1))
+    return x * norms.pow(-beta)
 ''',
     "reorg_darknet": '''
 def reorg_darknet(x: Tensor, stride: int, out_shape: tuple[int, int, int], old: bool) -> Tensor:
@@ -294,6 +315,9 @@ class TorchSourceEmitter:
                 f"layer {layer.index} [{layer.header}] xnor/binary convolutions are not supported",
                 layer.where("xnor"),
             )
+        from .torch import _check_conv_geometry  # the backend's own refusals (imported here: it needs torch)
+
+        _check_conv_geometry(layer)
         i, shared = layer.index, layer.shares
         # share_index: darknet shares the weights and BN tensors, not the geometry.
         owner = f"l{i}" if shared is None else f"l{self.graph.index_of(shared)}"
@@ -384,6 +408,11 @@ class TorchSourceEmitter:
         return LayerCode([], self._pool("local_avgpool_darknet", layer, ins[0]))
 
     def _pool(self, helper: str, layer: L.MaxPool, x: str) -> str:
+        if layer.antialiasing:  # as the backend: pooling at stride 1 then a blur has another output size
+            raise CfgError(
+                f"layer {layer.index} [{layer.header}] antialiasing is not supported",
+                layer.where("antialiasing"),
+            )
         _, h, w = layer.in_shape
         _, out_h, out_w = layer.out_shape
         top = left = layer.padding // 2
@@ -462,9 +491,8 @@ class TorchSourceEmitter:
         return LayerCode([], expr if layer.noadjust else f"{expr} * 2 - 1")
 
     def visit_Normalization(self, layer: L.Normalization, ins: list[str]) -> LayerCode:
-        alpha = layer.alpha * layer.size  # darknet does not divide alpha by size; torch does
-        args = f"{ins[0]}, {layer.size}, alpha={alpha!r}, beta={layer.beta!r}, k={layer.kappa!r}"
-        return LayerCode([], f"F.local_response_norm({args})")
+        args = f"{ins[0]}, {layer.size}, alpha={layer.alpha!r}, beta={layer.beta!r}, kappa={layer.kappa!r}"
+        return LayerCode([], f"{self.use('lrn_darknet')}({args})")
 
     def _identity(self, layer: L.Layer, ins: list[str]) -> LayerCode:
         return LayerCode([], ins[0])

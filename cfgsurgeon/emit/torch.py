@@ -561,7 +561,7 @@ class DarknetModel(nn.Module):
         outputs: dict[int, Tensor] = {-1: x}
         for i, (block, sources) in enumerate(zip(self.blocks, self.sources, strict=True)):
             outputs[i] = block(*(outputs[j] for j in sources))
-            for j in sources:
+            for j in set(sources):  # a route may list the same layer twice
                 if last_use.get(j) == i:
                     del outputs[j]
         return [outputs[i] for i in wanted]

@@ -24,11 +24,15 @@ BN_EPS = 1e-5
 ConstantRule = Callable[[L.Layer, list[np.ndarray]], np.ndarray]
 
 
-def prune_channels(analysis: ChannelAnalysis, keep_unit: np.ndarray) -> Graph:
-    """A new graph without the units where ``keep_unit`` is False (needs weights on the graph)."""
+def prune_channels(
+    analysis: ChannelAnalysis, keep_unit: np.ndarray, constants: dict[int, np.ndarray] | None = None
+) -> Graph:
+    """A new graph without the units where ``keep_unit`` is False (needs weights on the graph).
+    ``constants``: :func:`pruned_constants` for this selection, if the caller has them already."""
     graph = analysis.graph
     keep_unit = np.asarray(keep_unit, dtype=bool) | ~analysis.unit_prunable
-    constants = pruned_constants(analysis, keep_unit)
+    if constants is None:
+        constants = pruned_constants(analysis, keep_unit)
     pruned = graph.clone()
     for old, new in zip(graph.layers, pruned.layers, strict=True):
         out_keep = keep_unit[analysis.output_units[old.index]]
@@ -165,38 +169,70 @@ def _no_weights(new: L.Layer, old: L.Layer, in_keep, out_keep, in_values) -> Non
 def _slice_conv(new: L.Convolutional, old: L.Convolutional, in_keep, out_keep, in_values) -> None:
     if old.weights is None or old.shares is not None:
         return
-    w = np.asarray(old.weights["weights"], dtype=np.float64)  # (n, c/g, k, k)
-    n, per_in = w.shape[:2]
+    w = np.asarray(old.weights["weights"])  # (n, c/g, k, k), float32
     groups = old.effective_groups
-    depthwise = groups > 1 and per_in == 1
-    keep_in = in_keep[0][:per_in] if groups > 1 and not depthwise else in_keep[0]
-    shift = _consumed_constant(w, in_keep[0], in_values[0], groups, depthwise)
-    tensors = {name: np.asarray(a) for name, a in old.weights.items()}
+    depthwise = groups > 1 and w.shape[1] == 1
+    keep_in = np.ones(1, dtype=bool) if depthwise else in_keep[0][: w.shape[1]]  # the same in every group
+    kept = np.flatnonzero(out_keep)  # slice first: the removed filters are never read, nor converted
+    weights = _take_taps(w, kept, np.flatnonzero(keep_in))
+    if depthwise:  # a removed input's output channel is removed too: nothing to compensate
+        shift = np.zeros(len(kept))
+    else:
+        shift = _consumed_constant(w, kept, groups, in_keep[0], in_values[0], weights)
+    tensors = {name: weights if name == "weights" else np.asarray(a)[kept] for name, a in old.weights.items()}
     if "rolling_mean" in tensors:
         tensors["rolling_mean"] = tensors["rolling_mean"] - shift
     else:
         tensors["biases"] = tensors["biases"] + shift
-    sliced = w if depthwise else w[:, keep_in]
-    tensors["weights"] = sliced
-    new.weights = {name: _f32(a[out_keep]) for name, a in tensors.items()}
-    new.filters = int(out_keep.sum())
+    new.weights = {name: _f32(a) for name, a in tensors.items()}
+    new.filters = len(kept)
     if depthwise:
         new.groups = int(in_keep[0].sum())
 
 
+def _take_taps(w: np.ndarray, filters: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """A copy of ``w[filters][:, inputs]`` by ``np.take``, many times faster than fancy indexing: whole
+    filters, or for k×k kernels one pass over the (filter, input) chunks of taps, reading nothing else."""
+    n, c = w.shape[:2]
+    if len(inputs) == c:
+        return np.take(w, filters, axis=0)
+    if w[0, 0].size == 1:  # 1×1: single floats, faster by filters then inputs than by an index per float
+        return np.take(np.take(w, filters, axis=0), inputs, axis=1)
+    chunks = np.take(w.reshape(n * c, -1), (filters[:, None] * c + inputs).ravel(), axis=0)
+    return chunks.reshape(len(filters), len(inputs), *w.shape[2:])
+
+
 def _consumed_constant(
-    w: np.ndarray, keep: np.ndarray, values: np.ndarray, groups: int, depthwise: bool
+    w: np.ndarray, kept: np.ndarray, groups: int, keep: np.ndarray, values: np.ndarray, kept_taps: np.ndarray
 ) -> np.ndarray:
-    """``Σ w · constant`` over the removed input channels, per filter (interior of the feature map)."""
+    """``Σ w · constant`` over the removed input channels, for each ``kept`` filter (interior of the feature
+    map): tap sums of every (filter, input) pair times the input's constant (0 for a kept input), summed
+    over the full input width in float64.
+
+    Only the removed inputs' taps are summed, the costly part; the kept inputs' products are left 0, which
+    is what ``tap sum · 0`` gives and changes no total (an all-zero total is +0.0 either way: numpy's sum
+    starts from +0.0), unless a kept tap (``kept_taps``) is inf or NaN: then every tap is summed, as the
+    formula is written. So are 1×1 kernels', whose taps cost less to sum than their products to place.
+    """
     n, per_in = w.shape[:2]
-    if depthwise or keep.all():
-        return np.zeros(n)
-    constant = np.where(keep, 0.0, np.nan_to_num(values, nan=0.0))
-    tap_sums = w.sum(axis=(2, 3))  # (n, c/g)
-    per_out = n // groups
-    filter_group = np.arange(n) // per_out
-    group_inputs = constant.reshape(groups, per_in)[filter_group]  # (n, c/g): each filter's own input slice
-    return (tap_sums * group_inputs).sum(axis=1)
+    if keep.all():
+        return np.zeros(len(kept))
+    constant = np.where(keep, 0.0, np.nan_to_num(values, nan=0.0)).reshape(groups, per_in)  # each group's
+    inputs = np.arange(per_in)
+    if w[0, 0].size > 1 and _all_finite(kept_taps):
+        inputs = np.flatnonzero(~keep[:per_in])
+    tap_sums = _take_taps(w, kept, inputs).sum(axis=(2, 3), dtype=np.float64)
+    factor = constant[0, inputs] if groups == 1 else constant[kept // (n // groups)][:, inputs]
+    if len(inputs) == per_in:
+        return (tap_sums * factor).sum(axis=1)
+    products = np.zeros((len(kept), per_in))
+    at = np.arange(len(kept))[:, None] * per_in + inputs  # products[:, inputs] as flat indices: faster
+    products.reshape(-1)[at.ravel()] = (tap_sums * factor).ravel()
+    return products.sum(axis=1)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))  # min/max propagate NaN
 
 
 def _slice_connected(new: L.Connected, old: L.Connected, in_keep, out_keep, in_values) -> None:
@@ -236,14 +272,20 @@ SLICERS: dict[type[L.Layer], Slicer] = {
 }
 
 
-def border_affected(analysis: ChannelAnalysis, keep_unit: np.ndarray) -> list[int]:
+def border_affected(
+    analysis: ChannelAnalysis, keep_unit: np.ndarray, constants: dict[int, np.ndarray] | None = None
+) -> list[int]:
     """Consumers where compensation is inexact near the borders: padded convs reading a removed channel
-    whose constant is not zero."""
-    constants = pruned_constants(analysis, np.asarray(keep_unit, dtype=bool) | ~analysis.unit_prunable)
+    whose constant is not zero. ``constants`` as for :func:`prune_channels`."""
+    if constants is None:
+        constants = pruned_constants(analysis, np.asarray(keep_unit, dtype=bool) | ~analysis.unit_prunable)
     found = []
     for layer in analysis.graph.layers:
-        if isinstance(layer, L.Convolutional) and layer.effective_padding > 0 and layer.size > 1:
-            values = constants[id(layer.inputs[0])]
-            if np.any(np.nan_to_num(values, nan=0.0) != 0):
-                found.append(layer.index)
+        if not isinstance(layer, L.Convolutional):
+            continue
+        padded_reader = layer.effective_padding > 0 and layer.size > 1
+        reads_constant = np.any(np.nan_to_num(constants[id(layer.inputs[0])], nan=0.0) != 0)
+        blurs_constant = layer.antialiasing and np.any(np.nan_to_num(constants[id(layer)], nan=0.0) != 0)
+        if (padded_reader and reads_constant) or blurs_constant:  # the blur zero-pads its own output
+            found.append(layer.index)
     return found

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import pairwise
 
 import numpy as np
 
@@ -21,54 +23,108 @@ from ..ir import Graph
 
 
 class _Atoms:
-    """Union-find over channel atoms, with the layer that produced each atom and a 'fixed' flag."""
+    """Channel atoms and the constraints the rules put on them.
+
+    The rules only *record* unions, fixes and shortcut ties (arrays of atom ids); :meth:`solve` resolves them
+    all at once with array operations. A union-find walked atom by atom in Python cost most of the analysis
+    time on large models (tens of thousands of channels, each united a few times).
+    """
 
     def __init__(self, shared: set[int]) -> None:
         self.shared = shared  # layers whose weights another conv uses (share_index)
-        self.via_shortcut: set[int] = set()  # atoms a shortcut sum ties together
-        self.parent: list[int] = []
-        self.producer: list[int] = []  # layer index, -1 = network input
-        self.prunable: list[bool] = []
+        self.count = 0
+        self._prunable: list[np.ndarray] = []  # per fresh block: may its atoms be pruned
+        self._fixed: list[np.ndarray] = []
+        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []  # atom a[i] and b[i] are one unit
+        self._via_shortcut: list[np.ndarray] = []  # atoms a shortcut sum ties together
 
-    def fresh(self, count: int, producer: int, prunable: bool) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
-        self.producer.extend([producer] * count)
-        self.prunable.extend([prunable] * count)
+    def fresh(self, count: int, prunable: bool) -> np.ndarray:
+        """``count`` new atoms (a layer's new channels, or the network input's)."""
+        start, self.count = self.count, self.count + count
+        self._prunable.append(np.full(count, prunable))
         return np.arange(start, start + count)
 
-    def find(self, atom: int) -> int:
-        root = atom
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[atom] != root:
-            self.parent[atom], atom = root, self.parent[atom]
-        return root
-
     def unite(self, a: np.ndarray, b: np.ndarray) -> None:
-        for x, y in zip(a.tolist(), b.tolist(), strict=True):
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                self.parent[max(rx, ry)] = min(rx, ry)
+        if len(a) != len(b):
+            raise ValueError(f"cannot unite {len(a)} atoms with {len(b)}")
+        self._pairs.append((np.asarray(a), np.asarray(b)))
 
     def fix(self, atoms: np.ndarray) -> None:
-        for atom in atoms.tolist():
-            self.prunable[atom] = False
+        self._fixed.append(np.asarray(atoms))
+
+    def tie_by_shortcut(self, atoms: np.ndarray) -> None:
+        self._via_shortcut.append(np.asarray(atoms))
+
+    def solve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unit id of every atom (units numbered by their first atom), which units may be pruned, and which
+        units a shortcut ties together."""
+        roots = self._roots()
+        is_root = roots == np.arange(self.count)  # a root is its unit's first atom
+        unit_of_atom = (np.cumsum(is_root) - 1)[roots]
+        unit_count = int(is_root.sum())
+        prunable = _concat(self._prunable, bool)
+        prunable[_concat(self._fixed, np.int64)] = False
+        unit_prunable = np.ones(unit_count, dtype=bool)
+        unit_prunable[unit_of_atom[~prunable]] = False  # a unit is prunable if all of its atoms are
+        via_shortcut = np.zeros(unit_count, dtype=bool)
+        via_shortcut[unit_of_atom[_concat(self._via_shortcut, np.int64)]] = True
+        return unit_of_atom, unit_prunable, via_shortcut
+
+    def _roots(self) -> np.ndarray:
+        """The smallest atom connected to each atom: connected components of the union pairs by min-label
+        hooking and pointer jumping (a few array passes, however long the chains of unions)."""
+        label = np.arange(self.count)
+        if not self._pairs:
+            return label
+        a = np.concatenate([pair[0] for pair in self._pairs])
+        b = np.concatenate([pair[1] for pair in self._pairs])
+        while True:
+            la, lb = label[a], label[b]  # every label is a root here: label[label] == label
+            differ = la != lb
+            if not differ.any():
+                return label
+            np.minimum.at(label, np.maximum(la, lb)[differ], np.minimum(la, lb)[differ])  # hook roots
+            while True:  # jump every atom to its root
+                jumped = label[label]
+                if np.array_equal(jumped, label):
+                    break
+                label = jumped
+
+
+def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype=dtype)
+
+
+def _no_ids() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
 
 
 @dataclass
 class Group:
-    """Coupled units sharing the same producer layers; ``units[u]`` maps producer layer → channel indices."""
+    """Coupled units sharing the same producer layers (e.g. one residual stage's shortcut-tied convs)."""
 
     id: int
     producers: list[int]
-    units: list[dict[int, list[int]]] = field(default_factory=list)
-
+    unit_ids: np.ndarray = field(default_factory=_no_ids, compare=False)  # the group's units, ascending
     shortcut_coupled: bool = False  # tied by a shortcut sum (the 'normal' strategy leaves these alone)
+    # (unit, producer layer, channel) of every member channel, sorted in that order
+    member_channels: tuple[np.ndarray, np.ndarray, np.ndarray] = field(
+        default_factory=lambda: (_no_ids(), _no_ids(), _no_ids()), compare=False, repr=False
+    )
 
     @property
     def size(self) -> int:
-        return len(self.units)
+        return len(self.unit_ids)
+
+    @cached_property
+    def units(self) -> list[dict[int, list[int]]]:
+        """``units[u]`` maps producer layer → channel indices, for the group's u-th unit. Built on first use:
+        large models have tens of thousands of units and pruning itself only needs ``unit_ids``."""
+        found: dict[int, dict[int, list[int]]] = {}
+        unit, layer, channel = (a.tolist() for a in self.member_channels)
+        for u, producer, c in zip(unit, layer, channel, strict=True):
+            found.setdefault(u, {}).setdefault(producer, []).append(c)
+        return list(found.values())
 
 
 @dataclass
@@ -88,7 +144,7 @@ Rule = Callable[[L.Layer, list[np.ndarray], _Atoms], np.ndarray]
 
 def analyse(graph: Graph) -> ChannelAnalysis:
     atoms = _Atoms(graph_shared(graph))
-    net_space = atoms.fresh(graph.input_shape[0], -1, prunable=False)
+    net_space = atoms.fresh(graph.input_shape[0], prunable=False)
     spaces: dict[int, np.ndarray] = {id(graph.net): net_space}
     inputs_atoms: list[list[np.ndarray]] = []
     for layer in graph.layers:
@@ -96,40 +152,88 @@ def analyse(graph: Graph) -> ChannelAnalysis:
         inputs_atoms.append(ins)
         rule = RULES.get(type(layer), _mixing)
         spaces[id(layer)] = rule(layer, ins, atoms)
-    roots = np.array([atoms.find(a) for a in range(len(atoms.parent))], dtype=np.int64)
-    unit_of_root = {root: u for u, root in enumerate(dict.fromkeys(roots.tolist()))}
-    unit_of_atom = np.array([unit_of_root[r] for r in roots.tolist()], dtype=np.int64)
-    unit_prunable = np.ones(len(unit_of_root), dtype=bool)
-    np.logical_and.at(unit_prunable, unit_of_atom, np.array(atoms.prunable, dtype=bool))
+    unit_of_atom, unit_prunable, shortcut_units = atoms.solve()
     output_units = [unit_of_atom[spaces[id(layer)]] for layer in graph.layers]
     input_units = [[unit_of_atom[a] for a in ins] for ins in inputs_atoms]
-    shortcut_units = {int(unit_of_atom[a]) for a in atoms.via_shortcut}
     groups, unit_group = _groups(graph, output_units, unit_prunable, shortcut_units)
     return ChannelAnalysis(graph, input_units, output_units, unit_prunable, groups, unit_group)
 
 
 def _groups(
-    graph: Graph, output_units: list[np.ndarray], unit_prunable: np.ndarray, shortcut_units: set[int]
+    graph: Graph, output_units: list[np.ndarray], unit_prunable: np.ndarray, shortcut_units: np.ndarray
 ) -> tuple[list[Group], np.ndarray]:
-    """Collect, for each prunable unit, the conv channels that produce it; group units by producer set."""
-    members: dict[int, dict[int, list[int]]] = {}
-    for layer in graph.layers:
-        if not is_prunable_producer(layer) or layer.index in graph_shared(graph):
-            continue
-        for channel, unit in enumerate(output_units[layer.index].tolist()):
-            if unit_prunable[unit]:
-                members.setdefault(unit, {}).setdefault(layer.index, []).append(channel)
-    by_producers: dict[tuple[int, ...], Group] = {}
+    """Collect, for each prunable unit, the conv channels that produce it; group units by producer set
+    (groups numbered in the order of their first unit)."""
+    unit, layer, channel = _producer_channels(graph, output_units, unit_prunable)
+    unit_ids, producer_sets = _producer_sets(unit, layer)
+    group_of, first_unit = _number_by_first(producer_sets)
+    count = len(first_unit)
     unit_group = np.full(len(unit_prunable), -1, dtype=np.int64)
-    for unit, producers in sorted(members.items()):
-        key = tuple(sorted(producers))
-        group = by_producers.setdefault(key, Group(len(by_producers), list(key)))
-        group.units.append(producers)
-        group.shortcut_coupled |= unit in shortcut_units
-        unit_group[unit] = group.id
-    for unit in np.flatnonzero(unit_prunable & (unit_group < 0)):
-        unit_prunable[unit] = False  # prunable atoms but no producer we can score (cannot happen in practice)
-    return list(by_producers.values()), unit_group
+    unit_group[unit_ids] = group_of
+    unit_prunable &= unit_group >= 0  # prunable atoms without a producer to score (cannot happen in practice)
+    coupled = np.zeros(count, dtype=bool)
+    coupled[group_of[shortcut_units[unit_ids]]] = True
+    units_of = _split(unit_ids, group_of, count)
+    members_of = _split(np.arange(len(unit)), unit_group[unit], count)
+    return [
+        Group(g, _unpad(producer_sets[first]), units_of[g], bool(coupled[g]), (unit[m], layer[m], channel[m]))
+        for g, (first, m) in enumerate(zip(first_unit.tolist(), members_of, strict=True))
+    ], unit_group
+
+
+def _producer_channels(
+    graph: Graph, output_units: list[np.ndarray], unit_prunable: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every prunable channel of the producer layers as (unit, layer, channel) arrays, sorted by unit, then
+    layer, then channel."""
+    shared = graph_shared(graph)
+    producers = [
+        layer.index for layer in graph.layers if is_prunable_producer(layer) and layer.index not in shared
+    ]
+    if not producers:
+        return _no_ids(), _no_ids(), _no_ids()
+    unit = np.concatenate([output_units[p] for p in producers])
+    layer = np.repeat(np.array(producers, dtype=np.int64), [len(output_units[p]) for p in producers])
+    channel = np.concatenate([np.arange(len(output_units[p])) for p in producers])
+    order = np.argsort(unit, kind="stable")  # stable: layer and channel stay ascending within a unit
+    order = order[unit_prunable[unit[order]]]
+    return unit[order], layer[order], channel[order]
+
+
+def _producer_sets(unit: np.ndarray, layer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct units of sorted (unit, layer) rows, and each one's producer layers as a row of a matrix
+    padded with -1 (so that equal sets are equal rows)."""
+    pair = np.ones(len(unit), dtype=bool)  # first row of each (unit, layer) pair
+    pair[1:] = (unit[1:] != unit[:-1]) | (layer[1:] != layer[:-1])
+    pair_unit, pair_layer = unit[pair], layer[pair]
+    starts = np.flatnonzero(np.diff(pair_unit, prepend=-1))
+    counts = np.diff(np.append(starts, len(pair_unit)))
+    sets = np.full((len(starts), counts.max(initial=1)), -1, dtype=np.int64)
+    position = np.arange(len(pair_unit)) - np.repeat(starts, counts)
+    sets[np.repeat(np.arange(len(starts)), counts), position] = pair_layer
+    return pair_unit[starts], sets
+
+
+def _number_by_first(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the distinct rows in the order they first appear: each row's number, each number's first row."""
+    if not len(rows):
+        return _no_ids(), _no_ids()
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # unique() numbers the rows in sorted order
+    number = np.empty(len(first), dtype=np.int64)
+    number[order] = np.arange(len(first))
+    return number[inverse.ravel()], first[order]
+
+
+def _split(values: np.ndarray, keys: np.ndarray, count: int) -> list[np.ndarray]:
+    """``values`` split by their ``keys`` (0 … count-1), each part in its original order."""
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(count + 1)).tolist()
+    return [values[order[start:end]] for start, end in pairwise(bounds)]
+
+
+def _unpad(row: np.ndarray) -> list[int]:
+    return row[row >= 0].tolist()
 
 
 def is_prunable_producer(layer: L.Layer) -> bool:
@@ -154,13 +258,13 @@ def _mixing(layer: L.Layer, ins: list[np.ndarray], atoms: _Atoms) -> np.ndarray:
     """A layer that mixes or reinterprets channels: its inputs and outputs are fixed."""
     for space in ins:
         atoms.fix(space)
-    return atoms.fresh(layer.out_shape[0], layer.index, prunable=False)
+    return atoms.fresh(layer.out_shape[0], prunable=False)
 
 
 def _convolutional(layer: L.Convolutional, ins: list[np.ndarray], atoms: _Atoms) -> np.ndarray:
     c, n, g = layer.in_shape[0], layer.filters, layer.effective_groups
     shared = layer.shares is not None or layer.index in atoms.shared
-    out = atoms.fresh(n, layer.index, prunable=is_prunable_producer(layer) and not shared)
+    out = atoms.fresh(n, prunable=is_prunable_producer(layer) and not shared)
     if shared:
         atoms.fix(ins[0])  # shared weights: both layers' input widths must stay equal
         return out
@@ -192,7 +296,7 @@ def _shortcut(layer: L.Shortcut, ins: list[np.ndarray], atoms: _Atoms) -> np.nda
     for other in ins[1:]:
         n = min(len(out), len(other))
         atoms.unite(out[:n], other[:n])
-        atoms.via_shortcut.update(out[:n].tolist())
+        atoms.tie_by_shortcut(out[:n])
         atoms.fix(other[n:])  # channels a narrower output ignores
     return out
 

@@ -32,10 +32,13 @@ class ResidualUnit:
 
 def residual_units(graph: Graph) -> list[ResidualUnit]:
     readers = graph.consumers()
+    lenders = {
+        id(layer.shares) for layer in graph.layers if isinstance(layer, L.Convolutional) and layer.shares
+    }
     units: list[ResidualUnit] = []
     for layer in graph.layers:
         unit = _as_unit(layer, readers)
-        if unit is not None:
+        if unit is not None and not any(id(node) in lenders for node in unit.body):  # weights lent elsewhere
             if units:
                 unit.stage = units[-1].stage + (unit.source is not units[-1].shortcut)
             units.append(unit)

@@ -11,7 +11,7 @@ import numpy as np
 from .. import layers as L
 from ..errors import UsageError
 from ..ir import Graph
-from .channel import border_affected, masked_copy, prune_channels
+from .channel import border_affected, masked_copy, prune_channels, pruned_constants
 from .criteria import CRITERIA, unit_scores
 from .groups import ChannelAnalysis, analyse
 from .layer import prune_layers
@@ -72,13 +72,17 @@ def prune(
     selection = select(analysis, scores, channel_method, percent, threshold, layer_keep, round_to, force)
     result.selection = selection
     result.analysis, result.keep_unit = analysis, selection.keep_unit
+    original_index = {(layer.line, layer.kind): layer.index for layer in graph.layers}  # across layer pruning
     result.kept_channels = {
-        layer.index: np.flatnonzero(selection.keep_unit[analysis.output_units[layer.index]]).tolist()
+        original_index[(layer.line, layer.kind)]: np.flatnonzero(
+            selection.keep_unit[analysis.output_units[layer.index]]
+        ).tolist()
         for layer in analysis.graph.layers
         if isinstance(layer, L.Convolutional)
     }
-    result.border_layers = border_affected(analysis, selection.keep_unit)
-    result.pruned = prune_channels(analysis, selection.keep_unit)
+    constants = pruned_constants(analysis, selection.keep_unit | ~analysis.unit_prunable)  # needed twice
+    result.border_layers = border_affected(analysis, selection.keep_unit, constants)
+    result.pruned = prune_channels(analysis, selection.keep_unit, constants)
     return result
 
 

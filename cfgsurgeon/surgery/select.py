@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
-from .groups import ChannelAnalysis, Group
+from .groups import ChannelAnalysis
 
 STRATEGIES = ("normal", "shortcut", "slim", "regular")
 
@@ -51,9 +51,9 @@ def select(
     groups = [g for g in analysis.groups if method != "normal" or not g.shortcut_coupled]
     if not groups:
         raise UsageError("this model has no channels that this method can prune")
-    units = np.array([u for g in groups for u in _units_of(analysis, g)], dtype=np.int64)
+    units = np.concatenate([g.unit_ids for g in groups])
     weight = _channel_counts(analysis, units)
-    bound = min(scores[_units_of(analysis, g)].max() for g in groups)
+    bound = min(scores[g.unit_ids].max() for g in groups)
     ratio_bound = float(weight[scores[units] < bound].sum() / weight.sum())
     below = np.zeros(len(scores), dtype=bool)  # the global choice, before each group's floor
     if percent is not None:
@@ -75,7 +75,7 @@ def select(
         below[units] = scores[units] < threshold
     keep = np.ones(len(scores), dtype=bool)
     for group in groups:
-        member = _units_of(analysis, group)
+        member = group.unit_ids
         keep[member] = _keep_in_group(scores[member], ~below[member], method, layer_keep, round_to)
     removed = weight[~keep[units]].sum()
     return Selection(
@@ -106,17 +106,11 @@ def _keep_in_group(
     return keep
 
 
-def _units_of(analysis: ChannelAnalysis, group: Group) -> np.ndarray:
-    return np.flatnonzero(analysis.unit_group == group.id)
-
-
 def _channel_counts(analysis: ChannelAnalysis, units: np.ndarray) -> np.ndarray:
     """How many producer channels each unit stands for (a shortcut unit is one channel of several convs)."""
-    counts = np.zeros(len(analysis.unit_prunable), dtype=np.int64)
-    for group in analysis.groups:
-        for producer in group.producers:
-            np.add.at(counts, analysis.output_units[producer], 1)
-    return counts[units]
+    channels = [analysis.output_units[producer] for group in analysis.groups for producer in group.producers]
+    every = np.concatenate([np.zeros(0, dtype=np.int64), *channels])
+    return np.bincount(every, minlength=len(analysis.unit_prunable))[units]
 
 
 def _lowest_share(values: np.ndarray, weight: np.ndarray, share: float) -> tuple[float, np.ndarray]:

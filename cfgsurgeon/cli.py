@@ -212,14 +212,15 @@ def demo(outdir: Path, seed: int) -> None:
     "--backend",
     default="torch",
     show_default=True,
-    type=click.Choice(["torch", "onnxruntime", "openvino"]),
-    help="Runtime that runs the network. onnxruntime/openvino run --model, or export the cfg+weights "
-    "in memory when --model is not given.",
+    type=click.Choice(["torch", "onnxruntime", "openvino", "tf1", "keras"]),
+    help="Runtime that runs the network. onnxruntime/openvino/tf1/keras run --model, or export the "
+    "cfg+weights in memory when --model is not given.",
 )
 @click.option(
     "--model",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="An exported model (.onnx for onnxruntime, .xml for openvino) made from this cfg by `export`.",
+    help="An exported model (.onnx for onnxruntime, .xml for openvino, the frozen .pb that the `export "
+    "--format tf1` file writes for tf1, .keras for keras) made from this cfg by `export`.",
 )
 def detect(
     cfg: Path,
@@ -351,11 +352,27 @@ def _export_openvino(graph: Graph, output: Path, options: dict) -> str:
     return f"{'FP16' if options['fp16'] else 'FP32'} weights in {output.with_suffix('.bin')}"
 
 
+def _export_tf1(graph: Graph, output: Path, options: dict) -> str:
+    from .emit.tf1 import output_names, write_tf1
+
+    write_tf1(graph, output)
+    return f"run it: python {output} MODEL.weights MODEL.pb (frozen graph, outputs {output_names(graph)})"
+
+
+def _export_keras(graph: Graph, output: Path, options: dict) -> str:
+    from .emit.keras import output_names, write_keras
+
+    write_keras(graph, output)
+    return f"tf_keras functional model, input 'images' (batch dynamic), outputs {output_names(graph)}"
+
+
 # `export --format` choices: name → (output suffix, needs weights, writer(graph, output, options) → note).
 EXPORT_FORMATS = {
     "torch-source": (".py", False, _export_torch_source),
     "onnx": (".onnx", True, _export_onnx),
     "openvino": (".xml", True, _export_openvino),
+    "tf1": (".py", True, _export_tf1),
+    "keras": (".keras", True, _export_keras),
 }
 
 
@@ -367,7 +384,8 @@ EXPORT_FORMATS = {
     type=click.Choice(sorted(EXPORT_FORMATS)),
     help="torch-source: one standalone .py (torch + numpy) defining the network as code, with a .weights "
     "loader; onnx: ONNX (opset 17) with the raw head tensors as outputs; openvino: OpenVINO IR .xml/.bin "
-    "converted from that ONNX graph.",
+    "converted from that ONNX graph; keras: a tf_keras functional model (.keras) from standard layers "
+    "where possible, for TF Model Optimization.",
 )
 @CFG
 @WEIGHTS
@@ -552,6 +570,82 @@ def _print_prune_summary(data: dict, outdir: Path) -> None:
             + (f" (measured max relative error {measured:.3g})" if measured is not None else "")
         )
     click.echo(f"wrote {outdir}/pruned.cfg, pruned.weights, report.md, report.json")
+
+
+@main.command()
+@click.option(
+    "--cfg",
+    "cfgs",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet model description (.cfg); repeat to compare models (ratios are relative to the first).",
+)
+@click.option(
+    "--weights",
+    "weights",
+    multiple=True,
+    help="Weights for each --cfg in the same order (give none, or one per --cfg; 'random' for a cfg "
+    "without). Without weights a model gets seeded well-conditioned random weights (as `init` writes).",
+)
+@click.option(
+    "--backend",
+    default="torch",
+    show_default=True,
+    type=click.Choice(["torch", "onnxruntime", "openvino"]),
+    help="Runtime to measure (the runner `detect` uses; onnxruntime/openvino export in memory, f32).",
+)
+@click.option("--size", default=416, show_default=True, type=click.IntRange(1), help="Square input size.")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(1), help="Timed forward passes.")
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(0), help="Untimed passes first.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Threads for the runtime (default: every CPU this process may use); the table states it.",
+)
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1), help="Images per pass.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights and input.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def bench(
+    cfgs: tuple[Path, ...],
+    weights: tuple[str, ...],
+    backend: str,
+    size: int,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    batch: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Latency (median, p90), throughput, BFLOPs and params of one or more models, side by side.
+
+    Each model runs --warmup untimed then --runs timed forward passes of one random batch through the
+    runtime's runner (raw head outputs, no pre- or post-processing). Progress and notes go to stderr.
+    """
+    from .bench import ModelSpec, table_lines
+    from .bench import bench as run_bench
+
+    if weights and len(weights) != len(cfgs):
+        raise UsageError(
+            f"{len(weights)} --weights for {len(cfgs)} --cfg: give one per --cfg in order ('random' for a "
+            "cfg without weights), or none"
+        )
+    paths = [None if w in ("", "random") else Path(w) for w in weights] or [None] * len(cfgs)
+    specs = [ModelSpec(cfg, path) for cfg, path in zip(cfgs, paths, strict=True)]
+    report = run_bench(
+        specs,
+        backend,
+        size=size,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        batch=batch,
+        seed=seed,
+        warn=_warn,
+        note=lambda message: click.echo(message, err=True),
+    )
+    click.echo(json.dumps(report) if as_json else "\n".join(table_lines(report)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -58,6 +58,7 @@ def _onnxruntime(graph: Graph, model: Path | None, threads: int | None) -> Runne
     source = str(model) if model is not None else onnx_bytes(graph)
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     _check_outputs(graph, [out.name for out in session.get_outputs()], model)
+    _check_input(graph, session.get_inputs()[0].shape, model)
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
         return session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
@@ -75,6 +76,8 @@ def _openvino(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     else:
         compiled = compile_model(model, threads)
     _check_outputs(graph, [out.get_any_name() for out in compiled.outputs], model)
+    shape = compiled.inputs[0].get_partial_shape()
+    _check_input(graph, [dim.get_length() if dim.is_static else None for dim in shape], model)
     request = compiled.create_infer_request()
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
@@ -82,6 +85,34 @@ def _openvino(graph: Graph, model: Path | None, threads: int | None) -> Runner:
         return [np.array(results[out]) for out in compiled.outputs]
 
     return run
+
+
+def _tf1(graph: Graph, model: Path | None, threads: int | None) -> Runner:
+    from .emit.tf1 import tf1_runner
+
+    return tf1_runner(graph, model, threads)
+
+
+def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
+    import tensorflow as tf
+
+    from .emit.keras import load_keras, output_names, run_keras, to_keras
+
+    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow fixes its thread pools when it starts
+            message = "--threads: TensorFlow already started in this process with another thread count"
+            raise UsageError(message) from None
+    net = to_keras(graph) if model is None else load_keras(model)
+    expected = output_names(graph)  # the rule _check_outputs uses, without importing torch
+    if list(net.output_names) != expected:
+        raise UsageError(
+            f"{model or 'the exported model'} has outputs {list(net.output_names)}, but the cfg's heads are "
+            f"{expected}: was it exported from this cfg?"
+        )
+    _check_input(graph, list(net.input_shape), model)
+    return lambda batch: run_keras(net, batch)
 
 
 def _check_outputs(graph: Graph, names: list[str], model: Path | None) -> None:
@@ -95,10 +126,23 @@ def _check_outputs(graph: Graph, names: list[str], model: Path | None) -> None:
         )
 
 
+def _check_input(graph: Graph, dims: list, model: Path | None) -> None:
+    """The model's input must be N×C×H×W of the cfg's size (a symbolic dimension matches anything)."""
+    expected = (None, *graph.input_shape)
+    if len(dims) != 4 or any(isinstance(d, int) and d != e for d, e in zip(dims, expected, strict=True) if e):
+        found = "x".join(str(d) if isinstance(d, int) else "?" for d in dims)
+        raise UsageError(
+            f"{model or 'the exported model'} takes input {found}, but the cfg's network input is "
+            f"Nx{'x'.join(map(str, graph.input_shape))}: was it exported from this cfg at this size?"
+        )
+
+
 BACKENDS: dict[str, Callable[[Graph, Path | None, int | None], Runner]] = {
     "torch": _torch,
     "onnxruntime": _onnxruntime,
     "openvino": _openvino,
+    "tf1": _tf1,
+    "keras": _keras,
 }
 
 
@@ -117,4 +161,5 @@ def make_runner(
 
 
 def _extra(backend: str) -> str:
-    return {"onnxruntime": "onnx", "openvino": "openvino,onnx"}.get(backend, backend)
+    extras = {"onnxruntime": "onnx", "openvino": "openvino,onnx", "tf1": "tf", "keras": "tf"}
+    return extras.get(backend, backend)

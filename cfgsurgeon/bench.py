@@ -6,6 +6,11 @@ untimed forward passes, then ``runs`` timed ones on the same random batch; laten
 forward pass of the whole batch (median and 90th percentile), throughput is images per second over the timed
 runs. Ratios are relative to the first model.
 
+By default the models are measured one after the other, each runner released before the next is built.
+``interleave=True`` builds them all and alternates them run by run (rotating the order every round), so a
+change in the machine's load during the benchmark weighs on every model alike: fairer ratios on a shared
+machine, at the cost of holding every model in memory.
+
 Threads: ``threads`` (default: every CPU this process may use) is passed to every runtime, so the backends
 and the models are compared on the same number of threads, and the figure printed is the one used.
 """
@@ -17,7 +22,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +87,62 @@ def _runner(graph: Graph, backend: str, threads: int, batch: int, tmp: Path):
     return make_runner(graph, backend, model=path, threads=threads)
 
 
+@dataclass
+class _Timed:
+    """One model under measurement: its runner, input and timings (seconds)."""
+
+    run: Callable[[np.ndarray], Any]
+    x: np.ndarray
+    setup_s: float
+    times: list[float] = field(default_factory=list)
+
+    def step(self, timed: bool) -> None:
+        start = time.perf_counter()
+        self.run(self.x)
+        if timed:
+            self.times.append(time.perf_counter() - start)
+
+
+def _build(graph: Graph, backend: str, threads: int, batch: int, seed: int, tmp: Path) -> _Timed:
+    x = np.random.default_rng(seed).random((batch, *graph.input_shape), dtype=np.float32)
+    start = time.perf_counter()
+    run = _runner(graph, backend, threads, batch, tmp)
+    return _Timed(run, x, time.perf_counter() - start)
+
+
+def _progress(total: int, label: str, progress: bool | None):
+    from tqdm import tqdm
+
+    # progress None: a bar only when stderr is a terminal
+    return tqdm(
+        total=total,
+        desc=label,
+        unit="run",
+        file=sys.stderr,
+        disable=None if progress is None else not progress,
+    )
+
+
+def _figures(timed: _Timed, batch: int) -> dict[str, Any]:
+    ms = np.asarray(timed.times) * 1000.0
+    return {
+        "latency_ms": {
+            "median": float(np.median(ms)),
+            "p90": float(np.percentile(ms, 90)),
+            "mean": float(ms.mean()),
+            "min": float(ms.min()),
+            "max": float(ms.max()),
+        },
+        "throughput": batch * len(ms) / (ms.sum() / 1000.0),
+        "setup_s": timed.setup_s,
+    }
+
+
+def _check_counts(runs: int, warmup: int, batch: int) -> None:
+    if runs < 1 or warmup < 0 or batch < 1:
+        raise UsageError(f"need runs >= 1, warmup >= 0 and batch >= 1 (got {runs}, {warmup}, {batch})")
+
+
 def measure(
     graph: Graph,
     backend: str,
@@ -93,38 +155,40 @@ def measure(
     label: str = "",
 ) -> dict[str, Any]:
     """Time ``runs`` forward passes of a random ``batch`` after ``warmup`` untimed ones (weights loaded)."""
-    from tqdm import tqdm
-
-    if runs < 1 or warmup < 0 or batch < 1:
-        raise UsageError(f"need runs >= 1, warmup >= 0 and batch >= 1 (got {runs}, {warmup}, {batch})")
-    threads = threads or default_threads()
-    x = np.random.default_rng(seed).random((batch, *graph.input_shape), dtype=np.float32)
+    _check_counts(runs, warmup, batch)
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        run = _runner(graph, backend, threads, batch, Path(tmp))
-        setup = time.perf_counter() - start
-        times = []
-        # progress None: a bar only when stderr is a terminal
-        disable = None if progress is None else not progress
-        steps = tqdm(range(warmup + runs), desc=label or backend, file=sys.stderr, disable=disable)
-        for i in steps:
-            start = time.perf_counter()
-            run(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-        del run
-    ms = np.asarray(times) * 1000.0
-    return {
-        "latency_ms": {
-            "median": float(np.median(ms)),
-            "p90": float(np.percentile(ms, 90)),
-            "mean": float(ms.mean()),
-            "min": float(ms.min()),
-            "max": float(ms.max()),
-        },
-        "throughput": batch * len(ms) / (ms.sum() / 1000.0),
-        "setup_s": setup,
-    }
+        timed = _build(graph, backend, threads or default_threads(), batch, seed, Path(tmp))
+        with _progress(warmup + runs, label or backend, progress) as bar:
+            for i in range(warmup + runs):
+                timed.step(i >= warmup)
+                bar.update()
+    return _figures(timed, batch)
+
+
+def _measure_interleaved(
+    graphs: Sequence[Graph],
+    backend: str,
+    runs: int,
+    warmup: int,
+    threads: int,
+    batch: int,
+    seed: int,
+    progress: bool | None,
+) -> list[dict[str, Any]]:
+    with ExitStack() as stack:
+        models = [
+            _build(
+                graph, backend, threads, batch, seed, Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            )
+            for graph in graphs
+        ]
+        with _progress((warmup + runs) * len(models), "interleaved", progress) as bar:
+            for i in range(warmup + runs):
+                shift = i % len(models)
+                for model in models[shift:] + models[:shift]:  # every model takes every position in turn
+                    model.step(i >= warmup)
+                    bar.update()
+        return [_figures(model, batch) for model in models]
 
 
 def backend_version(backend: str) -> str | None:
@@ -146,21 +210,23 @@ def bench(
     threads: int | None = None,
     batch: int = 1,
     seed: int = 0,
+    interleave: bool = False,
     progress: bool | None = None,
     warn: Warn = lambda _: None,
     note: Warn = lambda _: None,
 ) -> dict[str, Any]:
-    """Measure every model in turn (one at a time, each runner released before the next is built)."""
+    """Measure every model (see the module's docstring) and return the JSON-ready report."""
     if not specs:
         raise UsageError("give at least one --cfg")
     if size is not None and size < 1:
         raise UsageError(f"--size must be positive, got {size}")
+    _check_counts(runs, warmup, batch)
     threads = threads or default_threads()
     models: list[dict[str, Any]] = []
+    graphs: list[Graph] = []
     for spec in specs:
         graph = prepare_graph(spec, size, seed, warn)
         note(f"{spec.cfg}: input {'x'.join(map(str, graph.input_shape))}, {graph.bflops:.3f} BFLOPs")
-        timing = measure(graph, backend, runs, warmup, threads, batch, seed, progress, label=spec.cfg.name)
         models.append(
             {
                 "cfg": str(spec.cfg),
@@ -169,9 +235,21 @@ def bench(
                 "input": list(graph.input_shape),
                 "bflops": graph.bflops,
                 "params": graph.params,
-                **timing,
             }
         )
+        if interleave:
+            graphs.append(graph)
+        else:
+            models[-1].update(
+                measure(graph, backend, runs, warmup, threads, batch, seed, progress, spec.cfg.name)
+            )
+    if interleave:
+        for model, figures in zip(
+            models,
+            _measure_interleaved(graphs, backend, runs, warmup, threads, batch, seed, progress),
+            strict=True,
+        ):
+            model.update(figures)
     first = models[0]
     for model in models:
         model["ratios"] = {
@@ -190,6 +268,7 @@ def bench(
         "batch": batch,
         "runs": runs,
         "warmup": warmup,
+        "interleaved": interleave,
         "models": models,
     }
 
@@ -197,9 +276,11 @@ def bench(
 def table_lines(report: dict[str, Any]) -> list[str]:
     """The report as a text table, one row per model; the × columns are relative to the first model."""
     version = f" {report['backend_version']}" if report["backend_version"] else ""
+    order = ", models interleaved run by run" if report.get("interleaved") else ""
+    threads = f"{report['threads']} thread{'s' if report['threads'] != 1 else ''}"
     lines = [
-        f"backend {report['backend']}{version} on {report['device']}, {report['threads']} threads, "
-        f"batch {report['batch']}, {report['runs']} timed runs after {report['warmup']} warm-up",
+        f"backend {report['backend']}{version} on {report['device']}, {threads}, "
+        f"batch {report['batch']}, {report['runs']} timed runs after {report['warmup']} warm-up{order}",
         f"{'model':<28}{'input':>12}{'BFLOPs':>10}{'params':>14}{'median ms':>11}{'p90 ms':>10}"
         f"{'img/s':>9}{'×latency':>10}{'×BFLOPs':>9}{'×params':>9}",
     ]

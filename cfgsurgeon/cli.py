@@ -605,6 +605,11 @@ def _print_prune_summary(data: dict, outdir: Path) -> None:
 )
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1), help="Images per pass.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights and input.")
+@click.option(
+    "--interleave",
+    is_flag=True,
+    help="Alternate the models run by run (all held in memory): fairer ratios on a busy machine.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench(
     cfgs: tuple[Path, ...],
@@ -616,6 +621,7 @@ def bench(
     threads: int | None,
     batch: int,
     seed: int,
+    interleave: bool,
     as_json: bool,
 ) -> None:
     """Latency (median, p90), throughput, BFLOPs and params of one or more models, side by side.
@@ -642,6 +648,7 @@ def bench(
         threads=threads,
         batch=batch,
         seed=seed,
+        interleave=interleave,
         warn=_warn,
         note=lambda message: click.echo(message, err=True),
     )

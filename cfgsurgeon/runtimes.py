@@ -96,7 +96,7 @@ def _tf1(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     import tensorflow as tf
 
-    from .emit.keras import load_keras, output_names, run_keras, to_keras
+    from .emit.keras import load_keras, output_names, to_keras, traced_forward
 
     if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
         try:
@@ -112,7 +112,7 @@ def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
             f"{expected}: was it exported from this cfg?"
         )
     _check_input(graph, list(net.input_shape), model)
-    return lambda batch: run_keras(net, batch)
+    return traced_forward(net)
 
 
 def _check_outputs(graph: Graph, names: list[str], model: Path | None) -> None:

@@ -31,7 +31,18 @@ MODEL_KEYS = {
     "setup_s",
     "ratios",
 }
-REPORT_KEYS = {"backend", "backend_version", "device", "threads", "size", "batch", "runs", "warmup", "models"}
+REPORT_KEYS = {
+    "backend",
+    "backend_version",
+    "device",
+    "threads",
+    "size",
+    "batch",
+    "runs",
+    "warmup",
+    "interleaved",
+    "models",
+}
 
 
 def run(*args: object):
@@ -68,16 +79,17 @@ def check_report(report: dict, backend: str, runs: int, batch: int = 1) -> None:
     assert all(value == 1.0 for value in first["ratios"].values())
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
-def test_json_schema_and_consistent_numbers(backend: str, tmp_path: Path):
+@pytest.mark.parametrize(("backend", "interleave"), [("torch", False), ("onnxruntime", True)])
+def test_json_schema_and_consistent_numbers(backend: str, interleave: bool, tmp_path: Path):
     pytest.importorskip("torch")
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
     weights = tmp_path / "nano.weights"
     assert run("init", "--cfg", NANO, "-o", weights).exit_code == 0
     args = ["--cfg", NANO, "--weights", weights, "--cfg", NANO_RES, "--weights", "random"]
-    report = bench_json(*args, "--backend", backend, *FAST)
+    report = bench_json(*args, "--backend", backend, *FAST, *(["--interleave"] if interleave else []))
     check_report(report, backend, runs=3)
+    assert report["interleaved"] is interleave
     assert report["threads"] == default_threads() and report["size"] == 128
     nano, res = report["models"]
     assert (nano["weights"], nano["random_weights"]) == (str(weights), False)
@@ -103,7 +115,7 @@ def test_table_states_threads_and_has_a_row_per_model():
     result = run("bench", "--cfg", NANO, "--cfg", NANO, *FAST, "--threads", "1")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("backend torch") and "1 threads" in lines[0] and "3 timed runs" in lines[0]
+    assert lines[0].startswith("backend torch") and "1 thread," in lines[0] and "3 timed runs" in lines[0]
     assert lines[1].split()[:4] == ["model", "input", "BFLOPs", "params"]
     rows = lines[2:]
     assert len(rows) == 2 and all(row.startswith("yolo-nano.cfg (random)") for row in rows)

@@ -516,4 +516,5 @@ def test_runner_refuses_a_model_of_another_cfg(tmp_path: Path) -> None:
         make_runner(target, "keras", path)
     run = make_runner(graph, "keras", path)
     x = random_input(graph)
-    np.testing.assert_array_equal(run(x)[0], K.run_keras(K.load_keras(path), x)[0])
+    (error,) = relative_errors(run(x), K.run_keras(K.load_keras(path), x))  # traced graph vs eager calls
+    assert error < 1e-6

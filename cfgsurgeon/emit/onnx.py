@@ -39,8 +39,16 @@ def onnx_bytes(graph: Graph, dynamic_batch: bool = False) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the tracer's notes on Python-side shape arithmetic; shapes are static
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes)
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes=axes,
+        )
     return buffer.getvalue()
 
 

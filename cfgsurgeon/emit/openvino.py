@@ -24,13 +24,17 @@ def write_openvino(
     xml_path = Path(xml_path)
     if xml_path.suffix != ".xml":
         raise UsageError(f"OpenVINO output {xml_path} should end in .xml (the .bin is written beside it)")
-    with tempfile.TemporaryDirectory() as tmp:
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    # staged beside the output: a rename from the system temp folder fails across file systems (tmpfs /tmp)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryDirectory(prefix=f".{xml_path.stem}.", dir=xml_path.parent) as stage,
+    ):
         onnx_path = Path(tmp) / "model.onnx"
         onnx_path.write_bytes(onnx_bytes(graph, dynamic_batch))
         model = ov.convert_model(str(onnx_path))
-        staged = Path(tmp) / xml_path.name
+        staged = Path(stage) / xml_path.name
         ov.save_model(model, str(staged), compress_to_fp16=fp16)
-        xml_path.parent.mkdir(parents=True, exist_ok=True)
         staged.with_suffix(".bin").replace(xml_path.with_suffix(".bin"))  # .bin first: the .xml names it
         staged.replace(xml_path)
 

@@ -85,6 +85,21 @@ NAMED: dict[str, tuple[str, ...]] = {
     "yolov7.cfg": ("slim",),  # concat-heavy, swish
 }
 
+# Cases that fail because of an engine bug, each also shown on a tiny cfg in test_prune.py.
+_COUNTED_TWICE = (
+    "BUG: select._channel_counts counts the channels of a conv split between two groups (a shortcut with a "
+    "narrower operand couples only its first channels) once per group, so --percent at the dead share "
+    "removes live channels (tiny cfg: test_a_conv_split_between_groups_counts_once)"
+)
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    ("csresnext50-panet-spp-original-optimal.cfg", "shortcut"): _COUNTED_TWICE,
+    ("csresnext50-panet-spp-original-optimal.cfg", "regular"): _COUNTED_TWICE,
+    ("csresnext50-panet-spp.cfg", "shortcut"): _COUNTED_TWICE,
+    ("csresnext50-panet-spp.cfg", "regular"): _COUNTED_TWICE,
+    ("resnet152_trident.cfg", "shortcut"): _COUNTED_TWICE,
+    ("resnet152_trident.cfg", "regular"): _COUNTED_TWICE,
+}
+
 
 # -- which cfgs ----------------------------------------------------------------------------------------------
 def has_bn_convs(path: Path) -> bool:
@@ -109,6 +124,8 @@ def cases() -> list:
         for method in CHANNEL_METHODS + LAYER_METHODS:
             named = method in NAMED.get(path.name, ())
             marks = [] if named else [pytest.mark.slow]
+            if (path.name, method) in KNOWN_BUGS:
+                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[path.name, method]))
             found.append(pytest.param(path.name, method, id=f"{path.stem}-{method}", marks=marks))
     return found or [pytest.param(None, None, marks=pytest.mark.skip(reason="no shared collection"))]
 
@@ -458,8 +475,10 @@ def check_case(bench: Workbench, name: str, method: str, folder: Path) -> None:
         figures.append(f"opencv-vs-ours {cross:.1e} (original {prep.opencv_faithful:.1e})")
         if prep.opencv_faithful <= TOLERANCE and cross > TOLERANCE:
             failures.append(f"OpenCV vs ours on the compact model: relative error {cross:.2e}")
-    elif cv2 is not None:
-        figures.append(f"OpenCV refuses the cfg: {prep.opencv_refusal}")
+    else:
+        figures.append(
+            f"OpenCV refuses the cfg: {prep.opencv_refusal}" if cv2 else "no OpenCV darknet importer"
+        )
     figures.append(f"{time.perf_counter() - start + prep.seconds:.1f}s")
     prep.seconds = 0.0  # counted once
     REPORT[f"prune {name} {method}"] = ", ".join(figures)
@@ -493,13 +512,13 @@ def test_yolov4_tiny_grouped_routes_keep_their_halves(bench: Workbench) -> None:
             assert result.pruned.layers[route.index].out_shape[0] == len(kept) // 2
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN: at this threshold no depthwise conv of enet-coco/efficientnet_b0 "
-    "is narrowed any more (seen at session end, not yet investigated)",
-)
 @pytest.mark.parametrize("name", ["enet-coco.cfg", "efficientnet_b0.cfg"])
 def test_depthwise_convs_stay_depthwise(bench: Workbench, name: str) -> None:
+    """Every depthwise conv keeps groups == filters == input channels. In these two cfgs none is narrowed:
+    each depthwise channel is one unit with the expand conv before it and with the squeeze-and-excitation
+    factor after it ([scale_channels]), and that factor comes from a conv without batch norm (nothing to
+    score, and a removed channel times a varying factor is no constant to fold), so the unit is fixed.
+    The test checks exactly that, so that a change there is noticed; test_prune.py narrows depthwise convs."""
     graph = bench.get(name).graph
     depthwise = [
         layer
@@ -509,10 +528,19 @@ def test_depthwise_convs_stay_depthwise(bench: Workbench, name: str) -> None:
     assert depthwise
     result = prune(graph, "slim", percent=0.3)
     check_kept_channels(result)
-    narrowed = 0
+    analysis = result.analysis
     for old in depthwise:
         new = result.pruned.layers[old.index]
         assert new.groups == new.filters == new.in_shape[0], f"layer {old.index}: {new.groups} {new.filters}"
-        narrowed += new.filters < old.filters
-    assert narrowed > 0
+        if new.filters == old.filters:  # not narrowed: because the analysis fixed it, never by chance
+            units = analysis.output_units[old.index]
+            assert not analysis.unit_prunable[units].any(), f"layer {old.index}: prunable but never pruned"
+            gated = [
+                layer
+                for layer in graph.layers
+                if isinstance(layer, L.Convolutional)
+                and not layer.batch_normalize
+                and np.isin(analysis.output_units[layer.index], units).any()
+            ]
+            assert gated, f"layer {old.index}: fixed without a non-BN conv in its units"
     assert all(np.isfinite(y).all() for y in outputs(result.pruned, bench.get(name).x))

@@ -8,26 +8,21 @@ BIN    := $(VENV)/bin
 # The venv is (re)installed only when this stamp is older than the packaging files, so `make test` twice does
 # not reinstall. torch is pinned exactly in setup.cfg (torch==2.13.0, the local CPU wheel); never torchvision.
 STAMP      := $(VENV)/.stamp
-STAMP_FULL := $(VENV)/.stamp-full
-EXTRAS     ?= dev,torch,onnx,openvino
+# Every backend the tests verify: torch, ONNX Runtime, OpenVINO and TensorFlow (about 3.5 GB in all).
+EXTRAS     ?= dev,torch,onnx,openvino,tf
+# tf-keras and tensorflow-model-optimization declare a dependency on "tensorflow" (not tensorflow-cpu) and would
+# pull a second 572 MB TF over the first, so they go in with --no-deps (their other needs are listed in the tf
+# extra); `pip check` then reports the missing "tensorflow" harmlessly. TF_LATE= skips them.
+TF_LATE    ?= tf-keras==2.21.0 tensorflow-model-optimization==0.8.1
 
-.PHONY: venv venv-full demo test lint bench clean
+.PHONY: venv demo test lint bench clean
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
-	touch $@
-
-# Optional: every export backend (onnx, openvino, TF). tf-keras and tensorflow-model-optimization declare a
-# dependency on "tensorflow" (not tensorflow-cpu) and would pull a second 572 MB TF over the first, so they go
-# in with --no-deps; `pip check` then reports the missing "tensorflow" harmlessly. About 3 GB.
-venv-full: $(STAMP_FULL)
-
-$(STAMP_FULL): $(STAMP)
-	$(BIN)/python -m pip install -e '.[$(EXTRAS),onnx,openvino,tf]'
-	$(BIN)/python -m pip install --no-deps tf-keras==2.21.0 tensorflow-model-optimization==0.8.1
+	$(if $(TF_LATE),$(BIN)/python -m pip install --no-deps $(TF_LATE))
 	touch $@
 
 demo: venv

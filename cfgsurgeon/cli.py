@@ -41,14 +41,20 @@ class _Cli(click.Group):
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cfgsurgeon")
 @click.option("-q", "--quiet", is_flag=True, help="Hide warnings about suspicious cfg content.")
+@click.option(
+    "--tree",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Softmax-tree file for a cfg whose [region]/[softmax] has tree= (YOLO9000's 9k.tree). Default: the "
+    "name the cfg gives, looked up in the working directory, the cfg's folder and its parent folder.",
+)
 @click.pass_context
-def main(ctx: click.Context, quiet: bool) -> None:
+def main(ctx: click.Context, quiet: bool, tree: Path | None) -> None:
     """Darknet .cfg transpiler and model-surgery tool for YOLO.
 
     Models are given as --cfg FILE [--weights FILE]; outputs go to -o. Inputs are never modified and
     outputs are written atomically.
     """
-    ctx.obj = {"quiet": quiet}
+    ctx.obj = {"quiet": quiet, "tree": tree}
 
 
 def _warn(message: str) -> None:
@@ -59,9 +65,15 @@ def _warn(message: str) -> None:
 def _load(cfg: Path, weights: Path | None = None) -> Graph:
     from .weights import read_weights
 
-    graph = load_cfg(cfg, warn=_warn)
+    graph = _with_tree(load_cfg(cfg, warn=_warn))
     if weights is not None:
         read_weights(graph, weights)
+    return graph
+
+
+def _with_tree(graph: Graph) -> Graph:
+    tree = click.get_current_context().find_root().obj.get("tree")
+    graph.tree_file = None if tree is None else str(tree)
     return graph
 
 
@@ -325,7 +337,7 @@ def convert(cfg: Path | None, weights: Path | None, checkpoint: Path | None, out
             raise UsageError("--weights needs --cfg (a .weights file does not describe its network)")
         graph = _load(cfg, weights)
     else:
-        graph = load_checkpoint(checkpoint, cfg, warn=_warn)
+        graph = _with_tree(load_checkpoint(checkpoint, cfg, warn=_warn))
     size = write_model(graph, output)
     click.echo(f"wrote {output} ({size:,} bytes, {graph.params:,} floats)")
 

@@ -179,6 +179,12 @@ def head_layers(graph: Graph) -> list[L.Layer]:
     if any(isinstance(layer, L.Detection) for layer in graph.layers):
         raise UsageError(f"{graph.source}: [detection] (YOLOv1) heads are not supported by detect")
     heads = [layer for layer in graph.layers if isinstance(layer, HEAD_TYPES)]
+    for layer in heads:
+        if layer.options.get("tree"):  # darknet itself: hierarchy_top_prediction reads tree->child, never set
+            raise UsageError(
+                f"{graph.source}: layer {layer.index} [region] has a softmax tree; detect does not decode "
+                "those (darknet's detector test reads tree links its read_tree never fills)"
+            )
     if not heads:
         raise UsageError(f"{graph.source}: the model has no [yolo], [Gaussian_yolo] or [region] layer")
     return heads
@@ -252,7 +258,7 @@ def detections(
     ``hier_thresh`` is accepted for darknet's signature; like darknet, [yolo] and [region] ignore it.
     ``names`` defaults to the class numbers; names starting with ``dont_show`` are never a box's main class.
     """
-    del hier_thresh  # only darknet's softmax-tree regions use it; those are refused when building the model
+    del hier_thresh  # only darknet's softmax-tree regions use it; head_layers refuses those
     heads = head_layers(graph)
     if len(head_outputs) != len(heads):
         raise ValueError(f"{len(head_outputs)} head outputs for {len(heads)} detection heads")

@@ -32,6 +32,7 @@ class Graph:
         self.layers = layers
         self.source = source
         self.weights_header: WeightsHeader | None = None  # set when weights are read
+        self.tree_file: str | None = None  # softmax-tree file given by the user for tree= layers
         self.infer()
 
     # -- construction ----------------------------------------------------------------------------------
@@ -73,6 +74,7 @@ class Graph:
             }
         graph = Graph(copies[id(self.net)], new_layers, self.source)  # type: ignore[arg-type]
         graph.weights_header = self.weights_header
+        graph.tree_file = self.tree_file
         return graph
 
     # -- derived facts ---------------------------------------------------------------------------------

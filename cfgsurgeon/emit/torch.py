@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from .. import layers as L
 from ..errors import CfgError
 from ..ir import Graph
+from ..tree import SoftmaxTree, has_tree, load_tree
 
 BN_EPS = 1e-5  # darknet's normalize_cpu
 
@@ -149,6 +151,108 @@ def _check_conv_geometry(layer: L.Convolutional) -> None:
             f"layer {layer.index} [{layer.header}] a 1x1 convolution with stride_x=1 and stride_y={sy}, "
             f"padding={pad}: darknet reads its input as the GEMM matrix unchanged (undefined result)",
             layer.where(),
+        )
+
+
+class BinaryConv(nn.Module):
+    """``xnor=1`` / ``binary=1`` convolutions as ``darknet detector test`` runs them: batch norm is first
+    folded into the weights (``fuse_conv_batchnorm``), then each filter is binarised to ``±mean|w|``
+    (``w > 0``; ``binary_align_weights``). ``xnor`` also binarises the input to ``±1`` (``x > 0``) and, where
+    ``stride_x == stride_y``, runs darknet's bit-packed GEMM: ``(2·agreeing bits − K)·mean|w|``, in which a
+    padded tap is a 0 bit, i.e. −1, and dilation is not used; with unequal strides the float path pads with 0.
+    ``bin_output=1`` makes an xnor layer's activation linear (``calculate_binary_weights``).
+    ``binary=1`` alone: darknet's CPU forward ignores it (a plain float convolution) while its GPU forward
+    binarises the weights; we compute the binarised one, the intended function, as the GPU does."""
+
+    def __init__(self, layer: L.Convolutional):
+        super().__init__()
+        _check_binary_conv(layer)
+        c, pad = layer.in_shape[0], layer.effective_padding
+        self.xnor = bool(layer.xnor)
+        bit_packed = xnor_bit_packed(layer)
+        dil = 1 if bit_packed else layer.effective_dilation
+        self.conv = nn.Conv2d(
+            c,
+            layer.filters,
+            layer.size,
+            stride=(1, 1) if layer.antialiasing else layer.strides,
+            padding=0 if bit_packed else pad * dil,
+            dilation=dil,
+            groups=layer.effective_groups,
+            bias=not layer.batch_normalize,
+        )
+        self.minus_one_pads = (pad, pad, pad, pad) if bit_packed else None
+        self.bn = nn.BatchNorm2d(layer.filters, eps=BN_EPS) if layer.batch_normalize else None
+        self.act = Activation(binary_conv_activation(layer))
+        self.blur = _blur(layer) if layer.antialiasing else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.act(binary_conv_darknet(x, self.conv, self.bn, self.xnor, self.minus_one_pads))
+        return self.blur(y) if self.blur is not None else y
+
+
+def binary_conv_darknet(
+    x: Tensor,
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d | None,
+    xnor: bool,
+    minus_one_pads: tuple[int, int, int, int] | None,
+) -> Tensor:
+    """The binarised convolution before its activation (see :class:`BinaryConv`)."""
+    if bn is None:
+        weight, bias = conv.weight, conv.bias
+    else:  # darknet's fuse_conv_batchnorm: w·γ/√(var+ε) and β − γ·mean/√(var+ε)
+        factor = bn.weight / torch.sqrt(bn.running_var + BN_EPS)
+        weight, bias = conv.weight * factor.view(-1, 1, 1, 1), bn.bias - factor * bn.running_mean
+    scale = weight.abs().mean(dim=(1, 2, 3))  # mean |w| of each fused filter
+    signs = torch.where(weight > 0, 1.0, -1.0)
+    if xnor:
+        x = torch.where(x > 0, 1.0, -1.0)
+    if minus_one_pads is not None:
+        x = F.pad(x, minus_one_pads, value=-1.0)
+    y = F.conv2d(x, signs, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def is_binary_conv(layer: L.Layer) -> bool:
+    return isinstance(layer, L.Convolutional) and bool(layer.xnor or layer.binary)
+
+
+def xnor_bit_packed(layer: L.Convolutional) -> bool:
+    """Whether darknet runs this conv through its bit-packed xnor GEMM (-1 padding, no dilation)."""
+    return bool(layer.xnor) and layer.strides[0] == layer.strides[1]
+
+
+def binary_conv_activation(layer: L.Convolutional) -> str:
+    return "linear" if layer.xnor and layer.options.get("bin_output") == "1" else layer.activation
+
+
+def _check_binary_conv(layer: L.Convolutional) -> None:
+    """Refuse what darknet's CPU xnor path leaves undefined: its bit-packed GEMM returns before the
+    antialiasing blur the layer's output size counts on, and with input channels not a multiple of 32 it
+    has code only for 'same' 3×3-like windows at stride 1, padding 1 (else it prints "is no non-optimized
+    version" and reads an unwritten buffer)."""
+    if not layer.xnor:
+        _check_conv_geometry(layer)
+        return
+    if layer.antialiasing:
+        raise CfgError(
+            f"layer {layer.index} [{layer.header}] xnor=1 with antialiasing: darknet's xnor path skips the "
+            "blur (undefined result)",
+            layer.where("antialiasing"),
+        )
+    (c, h, w), (sy, sx) = layer.in_shape, layer.strides
+    if sy != sx:
+        _check_conv_geometry(layer)
+        return
+    pad = layer.effective_padding
+    same = layer.conv_output() == (h, w) and sx == 1 and pad == 1
+    if c % 32 and not same:
+        raise CfgError(
+            f"layer {layer.index} [{layer.header}] xnor=1 with {c} input channels (not a multiple of 32) "
+            f"and a {layer.size}x{layer.size}/{sx} window with padding {pad}: darknet's CPU xnor code "
+            "handles only stride 1, padding 1, same-size output there (undefined result)",
+            layer.where("xnor"),
         )
 
 
@@ -395,17 +499,21 @@ class GaussianYolo(Yolo):
 
 
 class Region(nn.Module):
-    """YOLOv2's [region], per box: channels-last copy, logistic objectness, class softmax (``softmax=1``).
-    Output ``(batch, h·w·n·(coords+1+classes), 1, 1)`` in darknet's flat order."""
+    """YOLOv2's [region], per box: channels-last copy, logistic objectness, class softmax (``softmax=1``),
+    or with ``tree=`` a softmax within each group of the tree (darknet's ``softmax_tree``, which takes
+    precedence). Output ``(batch, h·w·n·(coords+1+classes), 1, 1)`` in darknet's flat order."""
 
-    def __init__(self, layer: L.Region):
+    def __init__(self, layer: L.Region, tree: SoftmaxTree | None = None):
         super().__init__()
         self.n, self.coords, self.classes = layer.num, layer.coords, layer.classes
         self.softmax = bool(layer.softmax)
-        if layer.options.get("tree"):
+        if tree is not None and layer.coords != 4:  # darknet's tree softmax starts at entry 5 of each box
             raise CfgError(
-                f"layer {layer.index} [region] with a softmax tree is not supported", layer.where("tree")
+                f"layer {layer.index} [region] tree= with coords={layer.coords}: darknet applies the tree "
+                "at entry 5 of each box whatever coords is (undefined result); use coords=4",
+                layer.where("tree"),
             )
+        self.tree = GroupedSoftmax(tree.group_sizes) if tree is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
@@ -413,21 +521,56 @@ class Region(nn.Module):
         boxes = x.view(b, self.n, entries, h, w).permute(0, 3, 4, 1, 2)  # (b, y, x, n, entries)
         obj = torch.sigmoid(boxes[..., self.coords : self.coords + 1])
         cls = boxes[..., self.coords + 1 :]
-        cls = torch.softmax(cls, dim=-1) if self.softmax else cls
+        if self.tree is not None:
+            cls = self.tree(cls)
+        elif self.softmax:
+            cls = torch.softmax(cls, dim=-1)
         out = torch.cat([boxes[..., : self.coords], obj, cls], dim=-1)
         return out.reshape(b, -1, 1, 1)
 
 
 class Softmax(nn.Module):
-    """Softmax over ``groups`` contiguous chunks of the flat input (divided by ``temperature``)."""
+    """Softmax over ``groups`` contiguous chunks of the flat input (divided by ``temperature``), or with
+    ``tree=`` over each group of the tree."""
 
-    def __init__(self, layer: L.Softmax):
+    def __init__(self, layer: L.Softmax, tree: SoftmaxTree | None = None):
         super().__init__()
         self.groups, self.temperature = layer.groups, layer.temperature
+        self.tree = GroupedSoftmax(tree.group_sizes, layer.temperature) if tree is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.tree is not None:
+            return self.tree(x.reshape(x.shape[0], -1)).reshape(x.shape)
         flat = x.reshape(x.shape[0], self.groups, -1)
         return torch.softmax(flat / self.temperature, dim=-1).reshape(x.shape)
+
+
+class GroupedSoftmax(nn.Module):
+    """Softmax over consecutive groups of the last dimension (``group_sizes`` tile it), divided by
+    ``temperature``. Groups of equal size are gathered into one ``(groups, size)`` block each, so the work
+    is one softmax per distinct size (YOLO9000's 9418 classes: 3k groups, a few dozen sizes)."""
+
+    def __init__(self, group_sizes: tuple[int, ...], temperature: float = 1.0):
+        super().__init__()
+        self.temperature = temperature
+        starts: dict[int, list[int]] = {}
+        offset = 0
+        for size in group_sizes:
+            if size:
+                starts.setdefault(size, []).append(offset)
+            offset += size
+        blocks = [torch.tensor(first)[:, None] + torch.arange(size) for size, first in sorted(starts.items())]
+        for k, block in enumerate(blocks):
+            self.register_buffer(f"block{k}", block, persistent=False)
+        self.blocks = len(blocks)
+        order = torch.cat([block.flatten() for block in blocks] or [torch.zeros(0, dtype=torch.long)])
+        self.register_buffer("inverse", torch.argsort(order), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.temperature != 1:
+            x = x / self.temperature
+        parts = [torch.softmax(x[..., getattr(self, f"block{k}")], dim=-1) for k in range(self.blocks)]
+        return torch.cat([part.flatten(-2) for part in parts], dim=-1)[..., self.inverse]
 
 
 class Crop(nn.Module):
@@ -500,7 +643,7 @@ class DetectionSoftmax(nn.Module):
 
 
 BUILDERS: dict[type[L.Layer], Callable[[L.Layer], nn.Module]] = {
-    L.Convolutional: Conv,
+    L.Convolutional: lambda layer: BinaryConv(layer) if is_binary_conv(layer) else Conv(layer),
     L.Connected: Connected,
     L.BatchNorm: BatchNorm,
     L.MaxPool: lambda layer: MaxPoolDepth(layer) if layer.maxpool_depth else Pool(layer, average=False),
@@ -535,10 +678,11 @@ class DarknetModel(nn.Module):
     """The whole network. ``forward(x)`` returns the outputs of the detection heads (or of the last layer
     when there is none); ``forward(x, keep=[i, …])`` returns those layers' outputs instead."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, tree: str | Path | None = None):
         super().__init__()
         self.graph = graph
-        self.blocks = nn.ModuleList(_build(layer) for layer in graph.layers)
+        tree = tree if tree is not None else graph.tree_file
+        self.blocks = nn.ModuleList(_build(layer, tree) for layer in graph.layers)
         self.sources = [[graph.index_of(node) for node in layer.inputs] for layer in graph.layers]
         self.shares = {
             i: graph.index_of(layer.shares)
@@ -577,15 +721,20 @@ def _last_use(sources: list[list[int]], wanted: list[int]) -> dict[int, int]:
     return last
 
 
-def _build(layer: L.Layer) -> nn.Module:
+# Layers with ``tree=``: built with their softmax tree, over the values it covers.
+TREE_BUILDERS: dict[type[L.Layer], tuple[Callable[[L.Layer], int], Callable[..., nn.Module]]] = {
+    L.Region: (lambda layer: layer.classes, Region),
+    L.Softmax: (lambda layer: math.prod(layer.in_shape), Softmax),
+}
+
+
+def _build(layer: L.Layer, tree: str | Path | None = None) -> nn.Module:
+    if has_tree(layer):
+        entries, builder = TREE_BUILDERS[type(layer)]
+        return builder(layer, load_tree(layer, entries(layer), tree))
     builder = BUILDERS.get(type(layer))
     if builder is None:
         raise CfgError(f"layer {layer.index} [{layer.header}] has no PyTorch implementation", layer.where())
-    if isinstance(layer, L.Convolutional) and (layer.xnor or layer.options.get("binary") == "1"):
-        raise CfgError(
-            f"layer {layer.index} [{layer.header}] xnor/binary convolutions are not supported",
-            layer.where("xnor"),
-        )
     return builder(layer)
 
 
@@ -658,6 +807,7 @@ def store_darknet_weights(model: DarknetModel, graph: Graph) -> None:
         }
 
 
-def to_torch(graph: Graph) -> DarknetModel:
-    """Build the module for ``graph`` (with its weights, if loaded)."""
-    return DarknetModel(graph)
+def to_torch(graph: Graph, tree: str | Path | None = None) -> DarknetModel:
+    """Build the module for ``graph`` (with its weights, if loaded). ``tree``: the softmax-tree file for
+    layers with ``tree=`` (default ``graph.tree_file``, else looked up as :mod:`cfgsurgeon.tree` says)."""
+    return DarknetModel(graph, tree)

@@ -23,6 +23,7 @@ from .. import layers as L
 from ..errors import CfgError
 from ..files import atomic_output
 from ..ir import Graph
+from ..tree import has_tree, load_tree
 
 BN_EPS = 1e-5  # darknet's normalize_cpu; the same value as cfgsurgeon.emit.torch
 
@@ -241,6 +242,69 @@ def region_darknet(x: Tensor, anchors: int, coords: int, classes: int, softmax: 
     out = torch.cat([boxes[..., :coords], obj, cls], dim=-1)
     return out.reshape(b, -1, 1, 1)
 ''',
+    "binary_conv_darknet": '''
+def binary_conv_darknet(
+    x: Tensor,
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d | None,
+    xnor: bool,
+    minus_one_pads: tuple[int, int, int, int] | None,
+) -> Tensor:
+    """xnor=1 / binary=1 convolution as darknet's detector test runs it, before the activation: batch norm
+    folded into the weights, each filter binarised to +-mean|w| (w > 0); xnor also binarises the input to
+    +-1 (x > 0) and, in darknet's bit-packed path (stride_x == stride_y), pads with -1."""
+    if bn is None:
+        weight, bias = conv.weight, conv.bias
+    else:  # darknet's fuse_conv_batchnorm: w*g/sqrt(var+eps) and b - g*mean/sqrt(var+eps)
+        factor = bn.weight / torch.sqrt(bn.running_var + BN_EPS)
+        weight, bias = conv.weight * factor.view(-1, 1, 1, 1), bn.bias - factor * bn.running_mean
+    scale = weight.abs().mean(dim=(1, 2, 3))  # mean |w| of each fused filter
+    signs = torch.where(weight > 0, 1.0, -1.0)
+    if xnor:
+        x = torch.where(x > 0, 1.0, -1.0)
+    if minus_one_pads is not None:
+        x = F.pad(x, minus_one_pads, value=-1.0)
+    y = F.conv2d(x, signs, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+''',
+    "GroupedSoftmax": '''
+class GroupedSoftmax(nn.Module):
+    """Softmax over consecutive groups of the last dimension (group_sizes tile it), divided by the
+    temperature: darknet's softmax tree. Groups of equal size are gathered into one block each."""
+
+    def __init__(self, group_sizes: tuple[int, ...], temperature: float = 1.0):
+        super().__init__()
+        self.temperature = temperature
+        starts: dict[int, list[int]] = {}
+        offset = 0
+        for size in group_sizes:
+            if size:
+                starts.setdefault(size, []).append(offset)
+            offset += size
+        blocks = [torch.tensor(first)[:, None] + torch.arange(size) for size, first in sorted(starts.items())]
+        for k, block in enumerate(blocks):
+            self.register_buffer(f"block{k}", block, persistent=False)
+        self.blocks = len(blocks)
+        order = torch.cat([block.flatten() for block in blocks] or [torch.zeros(0, dtype=torch.long)])
+        self.register_buffer("inverse", torch.argsort(order), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.temperature != 1:
+            x = x / self.temperature
+        parts = [torch.softmax(x[..., getattr(self, f"block{k}")], dim=-1) for k in range(self.blocks)]
+        return torch.cat([part.flatten(-2) for part in parts], dim=-1)[..., self.inverse]
+''',
+    "region_tree_darknet": '''
+def region_tree_darknet(x: Tensor, anchors: int, coords: int, classes: int, tree: nn.Module) -> Tensor:
+    """YOLOv2's [region] with tree=: logistic objectness and a softmax within each group of the tree."""
+    b, _, h, w = x.shape
+    entries = coords + 1 + classes
+    boxes = x.view(b, anchors, entries, h, w).permute(0, 3, 4, 1, 2)
+    obj = torch.sigmoid(boxes[..., coords : coords + 1])
+    cls = tree(boxes[..., coords + 1 :])
+    out = torch.cat([boxes[..., :coords], obj, cls], dim=-1)
+    return out.reshape(b, -1, 1, 1)
+''',
     "detection_softmax": '''
 def detection_softmax(x: Tensor, classes: int, side: int) -> Tensor:
     """YOLOv1 [detection] with softmax=1: softmax over each cell's classes (the first block of the buffer)."""
@@ -272,8 +336,9 @@ class LayerCode:
 class TorchSourceEmitter:
     """Visitor over the IR: ``visit_<LayerClass>(layer, inputs)`` returns the layer's :class:`LayerCode`."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, tree: str | Path | None = None):
         self.graph = graph
+        self.tree = tree if tree is not None else graph.tree_file  # for tree= layers (see cfgsurgeon.tree)
         self.helpers: set[str] = set()
 
     # -- driving -------------------------------------------------------------------------------------------
@@ -310,14 +375,14 @@ class TorchSourceEmitter:
 
     # -- layers with parameters ----------------------------------------------------------------------------
     def visit_Convolutional(self, layer: L.Convolutional, ins: list[str]) -> LayerCode:
-        if layer.xnor or layer.options.get("binary") == "1":
-            raise CfgError(
-                f"layer {layer.index} [{layer.header}] xnor/binary convolutions are not supported",
-                layer.where("xnor"),
-            )
-        from .torch import _check_conv_geometry  # the backend's own refusals (imported here: it needs torch)
+        # the backend's own refusals (imported here: that module needs torch)
+        from .torch import _check_binary_conv, _check_conv_geometry, binary_conv_activation, is_binary_conv
 
-        _check_conv_geometry(layer)
+        binary = is_binary_conv(layer)
+        if binary:
+            _check_binary_conv(layer)
+        else:
+            _check_conv_geometry(layer)
         i, shared = layer.index, layer.shares
         # share_index: darknet shares the weights and BN tensors, not the geometry.
         owner = f"l{i}" if shared is None else f"l{self.graph.index_of(shared)}"
@@ -326,10 +391,14 @@ class TorchSourceEmitter:
             init = init[:1] + [f"self.l{i}_conv.weight = self.{owner}_conv.weight"]
             if not layer.batch_normalize:
                 init.append(f"self.l{i}_conv.bias = self.{owner}_conv.bias")
-        expr = f"self.l{i}_conv({ins[0]})"
-        if layer.batch_normalize:
-            expr = f"self.{owner}_bn({expr})"
-        expr = self.activation(layer.activation, expr)
+        if binary:
+            expr = self._binary_conv(layer, ins[0], owner)
+            expr = self.activation(binary_conv_activation(layer), expr)
+        else:
+            expr = f"self.l{i}_conv({ins[0]})"
+            if layer.batch_normalize:
+                expr = f"self.{owner}_bn({expr})"
+            expr = self.activation(layer.activation, expr)
         if layer.antialiasing:
             sy, sx = layer.strides
             init.append(
@@ -343,12 +412,22 @@ class TorchSourceEmitter:
             return LayerCode(init, expr, {**_bn_tensors(f"l{i}_bn"), "weights": f"l{i}_conv.weight"})
         return LayerCode(init, expr, {"biases": f"l{i}_conv.bias", "weights": f"l{i}_conv.weight"})
 
+    def _binary_conv(self, layer: L.Convolutional, x: str, owner: str) -> str:
+        bn = f"self.{owner}_bn" if layer.batch_normalize else "None"
+        pad = layer.effective_padding
+        pads = (pad,) * 4 if _bit_packed(layer) else None
+        args = f"{x}, self.l{layer.index}_conv, {bn}, xnor={bool(layer.xnor)}, minus_one_pads={pads}"
+        return f"{self.use('binary_conv_darknet')}({args})"
+
     def _conv_modules(self, layer: L.Convolutional) -> list[str]:
         i, dil = layer.index, layer.effective_dilation
         sy, sx = (1, 1) if layer.antialiasing else layer.strides
+        pad = layer.effective_padding
+        if _bit_packed(layer):  # darknet's bit-packed xnor path: -1 padding done apart, no dilation
+            dil, pad = 1, 0
         args = [str(layer.in_shape[0]), str(layer.filters), str(layer.size)]
         args.append(f"stride={sy}" if sy == sx else f"stride=({sy}, {sx})")
-        args.append(f"padding={layer.effective_padding * dil}")
+        args.append(f"padding={pad * dil}")
         if dil != 1:
             args.append(f"dilation={dil}")
         if layer.effective_groups != 1:
@@ -463,10 +542,10 @@ class TorchSourceEmitter:
         return LayerCode([], f"{self.use('gaussian_yolo_darknet')}({args})")
 
     def visit_Region(self, layer: L.Region, ins: list[str]) -> LayerCode:
-        if layer.options.get("tree"):
-            raise CfgError(
-                f"layer {layer.index} [region] with a softmax tree is not supported", layer.where("tree")
-            )
+        if has_tree(layer):
+            init = self._tree_module(layer, layer.classes, 1.0)
+            args = f"{ins[0]}, {layer.num}, {layer.coords}, {layer.classes}, self.l{layer.index}_tree"
+            return LayerCode(init, f"{self.use('region_tree_darknet')}({args})")
         args = f"{ins[0]}, {layer.num}, {layer.coords}, {layer.classes}, {bool(layer.softmax)}"
         return LayerCode([], f"{self.use('region_darknet')}({args})")
 
@@ -477,8 +556,28 @@ class TorchSourceEmitter:
         return LayerCode([], f"{self.use('detection_softmax')}({ins[0]}, {classes}, {side})")
 
     def visit_Softmax(self, layer: L.Softmax, ins: list[str]) -> LayerCode:
+        if has_tree(layer):
+            init = self._tree_module(layer, math.prod(layer.in_shape), layer.temperature)
+            x = ins[0]
+            expr = f"self.l{layer.index}_tree({x}.reshape({x}.shape[0], -1)).reshape({x}.shape)"
+            return LayerCode(init, expr)
         args = f"{ins[0]}, {layer.groups}, {layer.temperature!r}"
         return LayerCode([], f"{self.use('softmax_darknet')}({args})")
+
+    def _tree_module(self, layer: L.Layer, entries: int, temperature: float) -> list[str]:
+        """``self.l<i>_tree``, built from the tree's group sizes written into the file (no tree file needed
+        at run time); the backend's checks and errors."""
+        from .torch import Region  # the backend's own refusals (imported here: that module needs torch)
+
+        tree = load_tree(layer, entries, self.tree)
+        if isinstance(layer, L.Region):
+            Region(layer, tree)
+        self.use("GroupedSoftmax")
+        sizes = textwrap.wrap(", ".join(map(str, tree.group_sizes)) + ",", width=90)
+        head = f"self.l{layer.index}_tree = GroupedSoftmax("
+        if len(sizes) == 1:
+            return [f"{head}({sizes[0]}), {temperature!r})"]
+        return [f"{head}", "    (", *(f"        {line}" for line in sizes), f"    ), {temperature!r}", ")"]
 
     def visit_Activation(self, layer: L.Activation, ins: list[str]) -> LayerCode:
         return LayerCode([], self.activation(layer.activation, ins[0]))
@@ -560,6 +659,12 @@ class TorchSourceEmitter:
 _HEADS = (L.Yolo, L.Region, L.Detection)
 
 
+def _bit_packed(layer: L.Convolutional) -> bool:
+    from .torch import xnor_bit_packed  # imported here: that module needs torch
+
+    return xnor_bit_packed(layer)
+
+
 def _bn_tensors(bn: str) -> dict[str, str]:
     return {
         "biases": f"{bn}.bias",
@@ -602,13 +707,14 @@ def _describe(layer: L.Layer) -> str:
     return f"{layer.index} [{layer.header}]{geometry}: {c}x{h}x{w} -> {oc}x{oh}x{ow} (cfg line {layer.line})"
 
 
-def torch_source(graph: Graph) -> str:
-    """The standalone PyTorch source of ``graph`` (it loads weights at run time from a ``.weights`` file)."""
-    return TorchSourceEmitter(graph).emit()
+def torch_source(graph: Graph, tree: str | Path | None = None) -> str:
+    """The standalone PyTorch source of ``graph`` (it loads weights at run time from a ``.weights`` file).
+    ``tree``: the softmax-tree file for ``tree=`` layers, as in :func:`cfgsurgeon.emit.torch.to_torch`."""
+    return TorchSourceEmitter(graph, tree).emit()
 
 
-def write_torch_source(graph: Graph, path: str | Path) -> None:
-    text = torch_source(graph)  # before opening the output: an unsupported layer leaves no file behind
+def write_torch_source(graph: Graph, path: str | Path, tree: str | Path | None = None) -> None:
+    text = torch_source(graph, tree)  # before opening the output: an unsupported layer leaves no file behind
     with atomic_output(path, "w") as out:
         out.write(text)
 

@@ -67,13 +67,14 @@ def prepare_graph(spec: ModelSpec, size: int | None, seed: int = 0, warn: Warn =
     return graph
 
 
-def _runner(graph: Graph, backend: str, threads: int, batch: int, tmp: Path):
-    """``make_runner`` as ``detect`` calls it; with a batch above 1 the onnxruntime/openvino model is
-    exported with a symbolic batch dimension first (the in-memory export has batch 1)."""
+def _runner(graph: Graph, backend: str, threads: int, batch: int, tmp: Path, model: Path | None = None):
+    """``make_runner`` as ``detect`` calls it (on ``model`` when given); with a batch above 1 the
+    onnxruntime/openvino model is exported with a symbolic batch dimension first (the in-memory export
+    has batch 1)."""
     from .runtimes import make_runner
 
-    if batch == 1 or backend == "torch":
-        return make_runner(graph, backend, threads=threads)
+    if batch == 1 or model is not None or backend not in ("onnxruntime", "openvino"):
+        return make_runner(graph, backend, model, threads=threads)
     if backend == "onnxruntime":
         from .emit.onnx import write_onnx
 
@@ -103,10 +104,12 @@ class _Timed:
             self.times.append(time.perf_counter() - start)
 
 
-def _build(graph: Graph, backend: str, threads: int, batch: int, seed: int, tmp: Path) -> _Timed:
+def _build(
+    graph: Graph, backend: str, threads: int, batch: int, seed: int, tmp: Path, model: Path | None = None
+) -> _Timed:
     x = np.random.default_rng(seed).random((batch, *graph.input_shape), dtype=np.float32)
     start = time.perf_counter()
-    run = _runner(graph, backend, threads, batch, tmp)
+    run = _runner(graph, backend, threads, batch, tmp, model)
     return _Timed(run, x, time.perf_counter() - start)
 
 
@@ -153,11 +156,13 @@ def measure(
     seed: int = 0,
     progress: bool | None = None,
     label: str = "",
+    model: Path | None = None,
 ) -> dict[str, Any]:
-    """Time ``runs`` forward passes of a random ``batch`` after ``warmup`` untimed ones (weights loaded)."""
+    """Time ``runs`` forward passes of a random ``batch`` after ``warmup`` untimed ones (weights loaded),
+    of the exported ``model`` when given."""
     _check_counts(runs, warmup, batch)
     with tempfile.TemporaryDirectory() as tmp:
-        timed = _build(graph, backend, threads or default_threads(), batch, seed, Path(tmp))
+        timed = _build(graph, backend, threads or default_threads(), batch, seed, Path(tmp), model)
         with _progress(warmup + runs, label or backend, progress) as bar:
             for i in range(warmup + runs):
                 timed.step(i >= warmup)
@@ -192,7 +197,12 @@ def _measure_interleaved(
 
 
 def backend_version(backend: str) -> str | None:
-    module = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend)
+    module = {
+        "torch": "torch",
+        "onnxruntime": "onnxruntime",
+        "openvino": "openvino",
+        "tflite": "tensorflow-cpu",
+    }.get(backend)
     try:
         from importlib.metadata import version
 

@@ -224,15 +224,16 @@ def demo(outdir: Path, seed: int) -> None:
     "--backend",
     default="torch",
     show_default=True,
-    type=click.Choice(["torch", "onnxruntime", "openvino", "tf1", "keras"]),
-    help="Runtime that runs the network. onnxruntime/openvino/tf1/keras run --model, or export the "
+    type=click.Choice(["torch", "onnxruntime", "openvino", "tf1", "keras", "tflite"]),
+    help="Runtime that runs the network. onnxruntime/openvino/tf1/keras/tflite run --model, or export the "
     "cfg+weights in memory when --model is not given.",
 )
 @click.option(
     "--model",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="An exported model (.onnx for onnxruntime, .xml for openvino, the frozen .pb that the `export "
-    "--format tf1` file writes for tf1, .keras for keras) made from this cfg by `export`.",
+    "--format tf1` file writes for tf1, .keras for keras, .tflite for tflite) made from this cfg by "
+    "`export`.",
 )
 def detect(
     cfg: Path,
@@ -378,6 +379,15 @@ def _export_keras(graph: Graph, output: Path, options: dict) -> str:
     return f"tf_keras functional model, input 'images' (batch dynamic), outputs {output_names(graph)}"
 
 
+def _export_tflite(graph: Graph, output: Path, options: dict) -> str:
+    from .emit.keras import output_names
+    from .emit.tflite import write_tflite
+
+    quantize = options["quantize"]
+    write_tflite(graph, output, quantize, options["calibration"], options["num_calibration_images"])
+    return f"quantization {quantize}, input 'images' (batch dynamic), outputs {output_names(graph)}"
+
+
 # `export --format` choices: name → (output suffix, needs weights, writer(graph, output, options) → note).
 EXPORT_FORMATS = {
     "torch-source": (".py", False, _export_torch_source),
@@ -385,6 +395,7 @@ EXPORT_FORMATS = {
     "openvino": (".xml", True, _export_openvino),
     "tf1": (".py", True, _export_tf1),
     "keras": (".keras", True, _export_keras),
+    "tflite": (".tflite", True, _export_tflite),
 }
 
 
@@ -397,12 +408,33 @@ EXPORT_FORMATS = {
     help="torch-source: one standalone .py (torch + numpy) defining the network as code, with a .weights "
     "loader; onnx: ONNX (opset 17) with the raw head tensors as outputs; openvino: OpenVINO IR .xml/.bin "
     "converted from that ONNX graph; keras: a tf_keras functional model (.keras) from standard layers "
-    "where possible, for TF Model Optimization.",
+    "where possible, for TF Model Optimization; tflite: TensorFlow Lite from that model (see --quantize).",
 )
 @CFG
 @WEIGHTS
 @click.option("--fp16", is_flag=True, help="openvino: store weights as FP16 (default FP32, exact).")
 @click.option("--dynamic-batch", is_flag=True, help="onnx/openvino: a symbolic batch dimension.")
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "fp16", "dynamic", "int8"]),
+    default="none",
+    show_default=True,
+    help="tflite: fp16 weights, dynamic-range int8 weights, or full-integer int8 (weights, activations, "
+    "input and outputs; needs --calibration).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="tflite int8: a list of real images (one path a line, as darknet's train.txt), prepared like "
+    "`detect` prepares a photo, to calibrate the activation ranges.",
+)
+@click.option(
+    "--num-calibration-images",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1),
+    help="tflite int8: use the first N images of --calibration.",
+)
 @click.option(
     "-o",
     "--output",
@@ -411,7 +443,17 @@ EXPORT_FORMATS = {
     type=click.Path(dir_okay=False, path_type=Path),
     help="The file to write.",
 )
-def export(fmt: str, cfg: Path, weights: Path | None, fp16: bool, dynamic_batch: bool, output: Path) -> None:
+def export(
+    fmt: str,
+    cfg: Path,
+    weights: Path | None,
+    fp16: bool,
+    dynamic_batch: bool,
+    quantize: str,
+    calibration: Path | None,
+    num_calibration_images: int,
+    output: Path,
+) -> None:
     """Export the network described by a cfg (and its weights) to another framework's form.
 
     The exported models output the raw detection-head tensors; `detect --backend onnxruntime|openvino
@@ -422,9 +464,18 @@ def export(fmt: str, cfg: Path, weights: Path | None, fp16: bool, dynamic_batch:
         raise UsageError(f"--format {fmt} writes a {suffix} file; output {output} should end in {suffix}")
     if needs_weights and weights is None:
         raise UsageError(f"--format {fmt} needs --weights")
-    refuse_overwrite([output], [cfg, weights])
+    refuse_overwrite([output], [cfg, weights, calibration])
     graph = _load(cfg, weights)
-    note = writer(graph, output, {"fp16": fp16, "dynamic_batch": dynamic_batch})
+    if (quantize != "none" or calibration) and fmt != "tflite":
+        raise UsageError("--quantize and --calibration are options of --format tflite")
+    options = {
+        "fp16": fp16,
+        "dynamic_batch": dynamic_batch,
+        "quantize": quantize,
+        "calibration": calibration,
+        "num_calibration_images": num_calibration_images,
+    }
+    note = writer(graph, output, options)
     click.echo(f"wrote {output} ({fmt}); {note}")
 
 
@@ -604,7 +655,7 @@ def _print_prune_summary(data: dict, outdir: Path) -> None:
     "--backend",
     default="torch",
     show_default=True,
-    type=click.Choice(["torch", "onnxruntime", "openvino"]),
+    type=click.Choice(["torch", "onnxruntime", "openvino", "tflite"]),
     help="Runtime to measure (the runner `detect` uses; onnxruntime/openvino export in memory, f32).",
 )
 @click.option("--size", default=416, show_default=True, type=click.IntRange(1), help="Square input size.")

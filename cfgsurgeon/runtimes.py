@@ -115,6 +115,21 @@ def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     return traced_forward(net)
 
 
+def _tflite(graph: Graph, model: Path | None, threads: int | None) -> Runner:
+    from .emit.keras import output_names
+    from .emit.tflite import TFLiteModel, tflite_bytes
+
+    net = TFLiteModel(tflite_bytes(graph) if model is None else model, threads)
+    expected = output_names(graph)
+    if sorted(net.output_names) != sorted(expected):
+        raise UsageError(
+            f"{model or 'the exported model'} has outputs {sorted(net.output_names)}, but the cfg's heads "
+            f"are {expected}: was it exported from this cfg?"
+        )
+    _check_input(graph, net.input_shape, model)
+    return lambda batch: net(batch, expected)
+
+
 def _check_outputs(graph: Graph, names: list[str], model: Path | None) -> None:
     from .emit.onnx import output_names
 
@@ -143,6 +158,7 @@ BACKENDS: dict[str, Callable[[Graph, Path | None, int | None], Runner]] = {
     "openvino": _openvino,
     "tf1": _tf1,
     "keras": _keras,
+    "tflite": _tflite,
 }
 
 
@@ -161,5 +177,5 @@ def make_runner(
 
 
 def _extra(backend: str) -> str:
-    extras = {"onnxruntime": "onnx", "openvino": "openvino,onnx", "tf1": "tf", "keras": "tf"}
+    extras = {"onnxruntime": "onnx", "openvino": "openvino,onnx", "tf1": "tf", "keras": "tf", "tflite": "tf"}
     return extras.get(backend, backend)

@@ -178,6 +178,90 @@ def demo(outdir: Path, seed: int) -> None:
     run_demo(outdir, click.echo, seed=seed)
 
 
+@main.command(name="eval")
+@CFG
+@click.option(
+    "--weights",
+    "weights",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet weights (.weights) matching the cfg.",
+)
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet .data file (classes, valid, names).",
+)
+@click.option("--split", default="valid", show_default=True, type=click.Choice(["valid", "train"]))
+@click.option(
+    "--thresh",
+    default=0.001,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Score a class of a box when its probability (objectness × class score) is above this.",
+)
+@click.option(
+    "--iou", default=0.45, show_default=True, type=click.FloatRange(0.0, 1.0), help="NMS IoU threshold."
+)
+@click.option(
+    "--pr-thresh",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Confidence at which P and R are counted (IoU 0.5).",
+)
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(1), help="Images per pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def eval_command(
+    cfg: Path,
+    weights: Path,
+    data: Path,
+    split: str,
+    thresh: float,
+    iou: float,
+    pr_thresh: float,
+    batch: int,
+    as_json: bool,
+) -> None:
+    """Score a model on a darknet dataset: P, R, mAP@0.5 and mAP@0.5:0.95, overall and per class.
+
+    mAP is COCO's (101-point interpolated AP, IoU 0.5 and 0.5:0.95, classes with ground truth averaged)
+    over darknet's detections (NMS per class, every class above --thresh); images are resized as `detect`
+    resizes them.
+    """
+    try:
+        from .train.evaluate import evaluate_data
+    except ImportError as exc:
+        raise UsageError(f"eval needs the package '{exc.name}': pip install 'cfgsurgeon[torch]'") from None
+    graph = _load(cfg, weights)
+    metrics = evaluate_data(graph, data, split, thresh, iou, pr_thresh, batch, warn=_warn)
+    click.echo(json.dumps(metrics.to_dict()) if as_json else "\n".join(metrics.table_lines()))
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the dataset (created; an earlier synthetic dataset there is replaced).",
+)
+@click.option("--classes", default=3, show_default=True, type=click.IntRange(1, 6), help="Shape classes.")
+@click.option("--train", "train_images", default=512, show_default=True, type=click.IntRange(0))
+@click.option("--valid", "valid_images", default=128, show_default=True, type=click.IntRange(0))
+@click.option("--size", default=128, show_default=True, type=click.IntRange(32), help="Square image size.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same options → identical files).")
+def synth(outdir: Path, classes: int, train_images: int, valid_images: int, size: int, seed: int) -> None:
+    """Write the synthetic shapes dataset (circle, square, triangle, ...) in darknet format."""
+    from .train.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(outdir, classes, train_images, valid_images, size, seed)
+    click.echo(f"wrote {train_images} train and {valid_images} valid images; dataset file {data}")
+
+
 @main.command()
 @CFG
 @click.option(
@@ -716,6 +800,118 @@ def bench(
         note=lambda message: click.echo(message, err=True),
     )
     click.echo(json.dumps(report) if as_json else "\n".join(table_lines(report)))
+
+
+@main.command()
+@CFG
+@click.option(
+    "--weights",
+    "weights",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet weights (.weights) matching the cfg.",
+)
+@click.option("--final-sparsity", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option(
+    "--initial-sparsity", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True)
+)
+@click.option("--begin-step", default=0, show_default=True, type=click.IntRange(0))
+@click.option(
+    "--end-step",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="PolynomialDecay reaches --final-sparsity here (end - begin must be a multiple of --frequency).",
+)
+@click.option(
+    "--frequency", default=100, show_default=True, type=click.IntRange(1), help="Steps between masks."
+)
+@click.option(
+    "--block-size",
+    default="1,1",
+    show_default=True,
+    help="Zeros in whole rows×cols blocks of each kernel's (in × out) matrix, per tap for convolutions "
+    "(e.g. 1,16 or 4,4); layers that are no whole number of blocks stay dense.",
+)
+@click.option(
+    "--skip-layers",
+    default="",
+    help="Layer indices (comma-separated) to keep dense, besides the protected first/last convolutions "
+    "and those feeding detection heads.",
+)
+@click.option("--prune-whole-model", is_flag=True, help="Do not protect first/last/head convolutions.")
+@click.option("--fine-tune", is_flag=True, help="Run the schedule while fine-tuning on --data (YOLO loss).")
+@click.option(
+    "--data", type=click.Path(dir_okay=False, path_type=Path), help="Darknet .data file (--fine-tune)."
+)
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--max-steps", type=click.IntRange(1), help="Stop fine-tuning after this many steps.")
+@click.option(
+    "--tflite/--no-tflite",
+    default=True,
+    show_default=True,
+    help="Also write sparse.tflite and report its sizes, error and latency against the dense model.",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "fp16", "dynamic", "int8"]),
+    default="none",
+    show_default=True,
+    help="Quantization of the .tflite files (int8 needs --calibration).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A list of real images for int8 calibration (its first image also measures the TFLite error).",
+)
+@click.option("--num-calibration-images", default=300, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--runs", default=20, show_default=True, type=click.IntRange(0), help="Timed TFLite runs (0: none)."
+)
+@click.option("--threads", type=click.IntRange(1), help="TFLite threads for the latency (default: all CPUs).")
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for sparse.weights, sparse.keras, sparse.tflite, report.json and report.md.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def sparsify(cfg: Path, weights: Path, outdir: Path, as_json: bool, **settings) -> None:
+    """Magnitude pruning with TF Model Optimization, written back as darknet .weights.
+
+    Without --fine-tune the kernels are pruned once to --final-sparsity (no data needed); with it, the
+    PolynomialDecay schedule runs while the model trains on --data. Prints the compression report.
+    """
+    from .sparsify.pipeline import FineTune, Options, outputs
+    from .sparsify.pipeline import sparsify as run_sparsify
+    from .sparsify.selection import parse_block, parse_indices
+
+    tune = {
+        key: settings.pop(key) for key in ("fine_tune", "data", "epochs", "batch_size", "lr", "max_steps")
+    }
+    if tune["fine_tune"] and tune["data"] is None:
+        raise UsageError("--fine-tune needs --data (a darknet .data file)")
+    if tune["data"] is not None and not tune["fine_tune"]:
+        raise UsageError("--data is for --fine-tune")
+    fine_tune = FineTune(**{k: v for k, v in tune.items() if k != "fine_tune"}) if tune["fine_tune"] else None
+    settings["block"] = parse_block(settings.pop("block_size"))
+    settings["skip"] = parse_indices(settings.pop("skip_layers"))
+    settings["whole_model"] = settings.pop("prune_whole_model")
+    options = Options(**settings, fine_tune=fine_tune)
+    refuse_overwrite(outputs(outdir), [cfg, weights, options.calibration, tune["data"]])
+    graph = _load(cfg, weights)
+    report = run_sparsify(graph, weights, outdir, options, note=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        from .sparsify.report import lines
+
+        click.echo("\n".join(lines(report)))
+        click.echo(f"wrote {', '.join(str(p) for p in outputs(outdir) if p.exists())}")
 
 
 if __name__ == "__main__":  # pragma: no cover

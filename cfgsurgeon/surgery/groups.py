@@ -262,6 +262,11 @@ def _mixing(layer: L.Layer, ins: list[np.ndarray], atoms: _Atoms) -> np.ndarray:
 
 
 def _convolutional(layer: L.Convolutional, ins: list[np.ndarray], atoms: _Atoms) -> np.ndarray:
+    if layer.xnor or layer.binary:
+        # binarised: every input channel counts as ±1 and the per-filter scale is mean|w| over all of them,
+        # so even a dead channel cannot be removed exactly (and darknet's xnor code needs multiples of 32
+        # channels); its own outputs may be linear (bin_output) where the cfg says otherwise: kept whole.
+        return _mixing(layer, ins, atoms)
     c, n, g = layer.in_shape[0], layer.filters, layer.effective_groups
     shared = layer.shares is not None or layer.index in atoms.shared
     out = atoms.fresh(n, prunable=is_prunable_producer(layer) and not shared)

@@ -170,6 +170,36 @@ OPS_D = "\n".join(  # where darknet is not the textbook op: wide shortcut inputs
 )
 
 
+OPS_E = "\n".join(  # xnor / binary convolutions: each path of darknet's xnor code, bin_output, binary=1
+    [
+        net(16),
+        conv(32, 3, "leaky", bn=1),  # 0: a float conv first, as in darknet's xnor nets
+        conv(32, 3, "leaky", bn=1, xnor=1, bin_output=1),  # 1: bit-packed, 32 channels, linear
+        conv(16, 3, "leaky", bn=1, xnor=1, stride=2),  # 2: bit-packed, stride 2
+        conv(8, 3, "mish", bn=1, xnor=1, stride_x=2, stride_y=1),  # 3: float path (unequal strides)
+        conv(8, 3, "leaky", bn=1, xnor=1),  # 4: bit-packed, 8 channels, same-size 3x3
+        conv(8, 3, "linear", binary=1, groups=2),  # 5: binary weights only, no BN
+        conv(8, 1, "logistic", bn=1, binary=1, antialiasing=1, stride=2),  # 6
+        PROBE,  # 7
+    ]
+)
+
+# softmax trees: a [softmax] and a [region] with tree= (the tree file is written by the test)
+TREE_TEXT = "r0\nr1\nr2\na 0\nb 0\nc 1\nd 3\ne 3\nf 3\ng 0\n"
+OPS_TREE = "\n".join(
+    [
+        net(8),
+        conv(10, 3, "leaky", bn=1),  # 0
+        section("avgpool"),  # 1
+        section("softmax", temperature=2, tree="small.tree"),  # 2
+        PROBE,  # 3
+        section("route", layers=0),  # 4
+        conv(30, 1),  # 5
+        section("region", num=2, coords=4, classes=10, anchors=ANCHORS, softmax=1, tree="small.tree"),  # 6
+    ]
+)
+
+
 def _activations_cfg() -> str:
     """Every activation on O(1) values ×4 and ×20.5 (past mish's softplus threshold), concatenated."""
     parts = [net(8), conv(8, 1), section("upsample", stride=1, scale=4.0)]
@@ -184,7 +214,7 @@ def _activations_cfg() -> str:
 
 
 OPS_C = _activations_cfg()
-SYNTHETIC = {"ops_a": OPS_A, "ops_b": OPS_B, "ops_c": OPS_C, "ops_d": OPS_D}
+SYNTHETIC = {"ops_a": OPS_A, "ops_b": OPS_B, "ops_c": OPS_C, "ops_d": OPS_D, "ops_e": OPS_E}
 
 
 # -- models --------------------------------------------------------------------------------------------------
@@ -255,6 +285,8 @@ CASES = {
     "ops_b": Case("ops_b", None),
     "ops_c": Case("ops_c", None),
     "ops_d": Case("ops_d", None),
+    "ops_e": Case("ops_e", None),
+    "yolov3-tiny_xnor": Case("yolov3-tiny_xnor", 96),
 }
 
 RUNNER = """
@@ -371,6 +403,30 @@ def test_darknet_specific_layers_equal_the_backend_bit_for_bit(tmp_path: Path) -
         assert bit_equal(a.numpy(), b.numpy()), f"{name}: max |diff| {max_abs_diff(a.numpy(), b.numpy())}"
 
 
+@pytest.mark.parametrize("name", ["ops_e", "ops_tree"])
+def test_binary_convolutions_and_trees_equal_the_backend_bit_for_bit(name: str, tmp_path: Path) -> None:
+    """xnor/binary convolutions (ops_e) and softmax trees (the group sizes are written into the file, so it
+    runs without the tree file) in the default run: the generated code exec'd in this process."""
+    if name == "ops_tree":
+        (tmp_path / "small.tree").write_text(TREE_TEXT)
+        graph = randomize(loads_cfg(OPS_TREE, str(tmp_path / "tree.cfg"), warn=quiet))
+    else:
+        graph = randomize(load_graph(name))
+    write_weights(graph, tmp_path / "model.weights")
+    module = _module(graph)
+    (tmp_path / "small.tree").unlink(missing_ok=True)
+    model = module.Darknet()
+    module.load_darknet_weights(model, str(tmp_path / "model.weights"))
+    x = torch.from_numpy(np.random.default_rng(1).random((2, *graph.input_shape), dtype=np.float32) * 4 - 2)
+    with torch.no_grad():
+        got = model(x)
+        (tmp_path / "small.tree").write_text(TREE_TEXT)
+        want = to_torch(graph)(x)
+    assert len(got) == len(want) == {"ops_e": 1, "ops_tree": 2}[name]
+    for output, a, b in zip(module.OUTPUT_NAMES, got, want, strict=True):
+        assert bit_equal(a.numpy(), b.numpy()), f"{output}: max |diff| {max_abs_diff(a.numpy(), b.numpy())}"
+
+
 def test_every_backend_layer_type_has_a_visit_method() -> None:
     names = [kind.__name__ for kind in BUILDERS]
     assert [name for name in names if not hasattr(TorchSourceEmitter, f"visit_{name}")] == []
@@ -442,9 +498,9 @@ def test_generated_model_loads_the_same_state_as_the_backend() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (net(8) + conv(4, 3, "leaky", bn=1) + conv(4, 3, "leaky", bn=1, xnor=1), "xnor/binary convolutions"),
+        (net(8) + conv(4, 3, "leaky", bn=1) + conv(4, 1, "leaky", bn=1, xnor=1), "not a multiple of 32"),
         (net(8) + conv(4, 1) + section("reorg3d", stride=2, reverse=1), "reverse=1 is not supported"),
-        (net(8) + conv(10, 1) + section("region", num=1, coords=4, classes=5, tree="x.tree"), "softmax tree"),
+        (net(8) + conv(10, 1) + section("region", num=1, coords=4, classes=5, tree="x.tree"), "not found"),
         (
             net(8) + section("convolutional", filters=4, size=3, pad=0, padding=0, dilation=2),
             "im2col size",
@@ -453,7 +509,15 @@ def test_generated_model_loads_the_same_state_as_the_backend() -> None:
         (net(8) + conv(4, 1) + section("maxpool", size=2, stride=2, antialiasing=1), "antialiasing"),
         (net(8) + conv(4, 1) + section("local_avgpool", size=2, stride=2, antialiasing=2), "antialiasing"),
     ],
-    ids=["xnor", "reorg-reverse", "region-tree", "dilated-conv", "1x1-stride-y", "maxpool-aa", "avgpool-aa"],
+    ids=[
+        "xnor-1x1-8ch",
+        "reorg-reverse",
+        "region-tree-missing",
+        "dilated-conv",
+        "1x1-stride-y",
+        "maxpool-aa",
+        "avgpool-aa",
+    ],
 )
 def test_unsupported_layers_are_refused_like_the_backend(text: str, message: str, tmp_path: Path) -> None:
     graph = loads_cfg(text, "bad.cfg", warn=quiet)

@@ -468,14 +468,12 @@ def test_darknet_order_matches_the_weights_layout() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (net(8) + conv(4, 3, "leaky", bn=1) + conv(4, 3, "leaky", bn=1, xnor=1), "xnor/binary convolutions"),
         (net(8) + conv(4, 1) + section("reorg3d", stride=2, reverse=1), "reverse=1 is not supported"),
-        (net(8) + conv(10, 1) + section("region", num=1, coords=4, classes=5, tree="x.tree"), "softmax tree"),
         (net(8) + section("maxpool", size=2, stride=2, antialiasing=1), "antialiasing is not supported"),
         (net(16) + section("convolutional", filters=4, size=3, pad=0, dilation=2), "im2col size"),
         (net(8) + conv(4, 1, stride_x=1, stride_y=2), "GEMM matrix"),
     ],
-    ids=["xnor", "reorg-reverse", "region-tree", "maxpool-antialiasing", "dilation", "1x1-stride-y"],
+    ids=["reorg-reverse", "maxpool-antialiasing", "dilation", "1x1-stride-y"],
 )
 def test_unsupported_layers_are_refused_like_the_backend(text: str, message: str, tmp_path: Path) -> None:
     try:
@@ -488,6 +486,22 @@ def test_unsupported_layers_are_refused_like_the_backend(text: str, message: str
         to_torch(graph)
     assert message in str(generated.value)
     assert str(generated.value) == str(backend.value)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (net(8) + conv(4, 3, "leaky", bn=1) + conv(4, 3, "leaky", bn=1, xnor=1), "xnor/binary convolutions"),
+        (net(8) + conv(10, 1) + section("region", num=1, coords=4, classes=5, tree="x.tree"), "softmax tree"),
+    ],
+    ids=["xnor", "region-tree"],
+)
+def test_layers_only_the_torch_backend_has_are_refused(text: str, message: str, tmp_path: Path) -> None:
+    graph = loads_cfg(text, "bad.cfg", warn=quiet)
+    with pytest.raises(CfgError, match=message) as generated:
+        write_tf1(graph, tmp_path / "out.py")
+    assert "\n" not in str(generated.value)
     assert not list(tmp_path.iterdir())  # nothing written
 
 

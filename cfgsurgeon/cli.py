@@ -587,7 +587,7 @@ def export(
     default=0.01,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="slim: each group keeps at least this share of its channels.",
+    help="slim: each layer keeps at least this share of its channels.",
 )
 @click.option(
     "--round-to",
@@ -869,6 +869,9 @@ def bench(
 @click.option("--num-calibration-images", default=300, show_default=True, type=click.IntRange(1))
 @click.option(
     "--runs", default=20, show_default=True, type=click.IntRange(0), help="Timed TFLite runs (0: none)."
+)
+@click.option(
+    "--warmup", default=3, show_default=True, type=click.IntRange(0), help="Untimed TFLite runs first."
 )
 @click.option("--threads", type=click.IntRange(1), help="TFLite threads for the latency (default: all CPUs).")
 @click.option(

@@ -917,5 +917,124 @@ def sparsify(cfg: Path, weights: Path, outdir: Path, as_json: bool, **settings) 
         click.echo(f"wrote {', '.join(str(p) for p in outputs(outdir) if p.exists())}")
 
 
+@main.command()
+@click.option(
+    "--cfg",
+    "cfg",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet model description (.cfg) to train; its [net] gives the defaults below. Not needed with "
+    "--resume or a .pt --weights (they carry their cfg).",
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet .data file: its train= image list is trained on (labels as darknet finds them).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Start from these weights (.weights or a .pt checkpoint). Default: from scratch (seeded init).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for last.pt (resumable), NAME.weights + NAME.cfg (final), gamma/*.png and history.json.",
+)
+@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), help="Continue from a last.pt.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Passes over the data.")
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps in all.")
+@click.option("--batch", type=click.IntRange(1), help="Images per optimizer step, all ranks ([net] batch).")
+@click.option("--subdivisions", type=click.IntRange(1), help="Micro-batches per step ([net] subdivisions).")
+@click.option(
+    "--optimizer", type=click.Choice(["sgd", "adam"]), help="Default: adam if [net] adam=1, else sgd."
+)
+@click.option("--lr", type=float, help="Base learning rate ([net] learning_rate).")
+@click.option("--momentum", type=float, help="SGD momentum / Adam beta1 ([net] momentum / B1).")
+@click.option("--weight-decay", type=float, help="L2 decay of conv/fc weights ([net] decay).")
+@click.option("--warmup", type=click.IntRange(0), help="Burn-in steps, lr·(step/N)^power ([net] burn_in).")
+@click.option(
+    "--lr-policy",
+    type=click.Choice(["constant", "steps", "step", "poly", "cosine"]),
+    help="Learning-rate policy after burn-in ([net] policy; its steps= are rescaled from max_batches to the "
+    "run's length).",
+)
+@click.option(
+    "--sparsity",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="s of the L1 penalty on BN γ (network slimming): s·sign(γ) is added to γ's gradient every step.",
+)
+@click.option(
+    "--sparsity-schedule",
+    default="constant",
+    show_default=True,
+    type=click.Choice(["constant", "global-decay", "local-decay"]),
+    help="constant: s throughout; global-decay: s/100 after half the run; local-decay: after half the run, "
+    "s/100 for the 30%% largest |γ| (the channels pruning keeps), s for the rest.",
+)
+@click.option(
+    "--sparsity-scope",
+    default="slim",
+    show_default=True,
+    type=click.Choice(["normal", "shortcut", "slim", "all"]),
+    help="Which BN channels are penalised: those the prune --method of that name may remove (normal leaves "
+    "shortcut-coupled layers alone), or all BN layers.",
+)
+@click.option("--teacher-cfg", type=click.Path(dir_okay=False, path_type=Path), help="Distillation teacher.")
+@click.option(
+    "--teacher-weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Teacher weights (.weights or .pt); the teacher needs the same [yolo] heads as the student.",
+)
+@click.option(
+    "--distill",
+    default="soft",
+    show_default=True,
+    type=click.Choice(["soft", "detection"]),
+    help="soft: soft labels on objectness and class logits; detection: also boxes, and class/box terms "
+    "weighted by the teacher's objectness.",
+)
+@click.option(
+    "--distill-weight",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Factor of the distillation term added to the detection loss.",
+)
+@click.option(
+    "--distill-temperature",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Logits are divided by T (and the term multiplied by T²) before comparing student and teacher.",
+)
+@click.option("--amp", is_flag=True, help="Mixed precision: bf16 autocast on CPU, fp16 + GradScaler on CUDA.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the init, shuffling and augmentation.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="DataLoader workers.")
+@click.option("--no-augment", is_flag=True, help="Train on the plain resized images.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (one line per epoch still).")
+def train(output: Path, no_augment: bool, no_progress: bool, **settings) -> None:
+    """Train a darknet cfg on a darknet dataset: SGD/Adam with darknet's burn-in and lr policy, optional
+    sparse training (BN-L1) and distillation; resumable. Under torchrun it runs DDP (gloo on CPU, nccl on
+    CUDA) with the same command line."""
+    from .train.trainer import TrainConfig
+    from .train.trainer import train as run_training
+
+    if settings["cfg"] is None and settings["resume"] is None and settings["weights"] is None:
+        raise UsageError("give --cfg (or --resume / a .pt --weights)")
+    inputs = [settings[key] for key in ("cfg", "weights", "resume", "teacher_cfg", "teacher_weights", "data")]
+    refuse_overwrite([output / "last.pt"] + [output / f"{p.stem}.weights" for p in inputs if p], inputs)
+    config = TrainConfig(output=output, augment=not no_augment, progress=not no_progress, **settings)
+    result = run_training(config, log=lambda message: click.echo(message, err=True))
+    if result.weights is not None:
+        last = result.epochs[-1] if result.epochs else None
+        summary = f", final loss {last.loss:.4f}" if last else ""
+        click.echo(f"wrote {result.weights} and {result.checkpoint}{summary}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,5 +1,5 @@
 """The pruning engine (``cfgsurgeon.surgery``) on tiny synthetic cfgs: one channel-coupling rule per layer
-type, compensation of removed channels' constants, the selection guards (never empty a group, refuse a ratio
+type, compensation of removed channels' constants, the selection guards (never empty a layer, refuse a ratio
 above the bound), criteria, determinism, and residual-unit (layer) pruning with rewritten ``layers=`` indices.
 
 Every claim about outputs is checked with float64 torch models of the compact graph against an independently
@@ -738,7 +738,8 @@ def kept_units_per_group(result: PruneResult, method: str) -> list[tuple[int, in
 
 @pytest.mark.parametrize("method", ["normal", "shortcut", "slim", "regular"])
 @pytest.mark.parametrize("request_", [{"percent": 0.99}, {"threshold": 1e9}], ids=["percent", "threshold"])
-def test_force_never_empties_a_group(method, request_):
+def test_force_never_empties_a_layer(method, request_):
+    """In this model every group is whole convs, so no group may be emptied either."""
     graph = guarded()
     result = prune(graph, method, force=True, round_to=4, **request_)
     for kept, size in kept_units_per_group(result, method):
@@ -752,8 +753,9 @@ def test_force_never_empties_a_group(method, request_):
 
 @pytest.mark.parametrize("method", ["normal", "shortcut", "slim", "regular"])
 def test_the_ratio_bound_is_the_largest_safe_ratio(method):
-    """ratio_bound = share of candidate channels whose unit scores below the lowest group maximum (removing
-    all of those leaves every group its best unit); computed here from the γ themselves."""
+    """ratio_bound = share of candidate channels whose unit scores below the lowest conv maximum (removing
+    all of those leaves every conv its best unit; in this model every other layer holds a whole conv);
+    computed here from the γ themselves."""
     graph = guarded()
     result = prune(graph, method, percent=0.1)
     analysis = result.analysis
@@ -762,7 +764,12 @@ def test_the_ratio_bound_is_the_largest_safe_ratio(method):
         p.index: np.abs(np.asarray(p.weights["scales"], dtype=np.float64)) for p in producer_convs(graph)
     }
     scores = [[max(gamma[p][c].max() for p, c in unit.items()) for unit in g.units] for g in groups]
-    bound = min(max(s) for s in scores)
+    best_of_conv: dict[int, float] = {}
+    for group, group_scores in zip(groups, scores, strict=True):
+        for unit, score in zip(group.units, group_scores, strict=True):
+            for p in unit:
+                best_of_conv[p] = max(best_of_conv.get(p, 0.0), score)
+    bound = min(best_of_conv.values())
     weights = [w for g in groups for w in unit_weight(g)]
     flat = [s for group_scores in scores for s in group_scores]
     expected = sum(w for w, s in zip(weights, flat, strict=True) if s < bound) / sum(weights)
@@ -800,33 +807,54 @@ def test_achieved_ratio_is_what_was_removed(method, percent):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: select._channel_counts counts a producer's channels once per group it belongs to: a conv "
-    "split between two groups (here by a narrower shortcut operand) is counted twice, so candidate_channels, "
-    "achieved_ratio, ratio_bound and --percent are off (52 candidates instead of 36)",
-)
+# conv 1 (16) + conv 0 (12): channels 0-11 of conv 1 are coupled with conv 0, channels 12-15 are its own, so
+# conv 1 lies in two groups (yolov3-tiny-prn's and csresnext50's pattern).
+SPLIT = [conv(12, 3), conv(16, 3), section("shortcut", **{"from": -2}), conv(8, 1)]
+
+
 def test_a_conv_split_between_groups_counts_once():
-    graph = model(conv(12, 3), conv(16, 3), section("shortcut", **{"from": -2}), conv(8, 1), size=8)
+    graph = model(*SPLIT, size=8)
     result = prune(graph, "shortcut", percent=0.25)
     removed = sum(
         layer.filters - result.pruned.layers[layer.index].filters for layer in producer_convs(graph)
     )
     assert result.selection.candidate_channels == 12 + 16 + 8
     assert result.selection.achieved_ratio == pytest.approx(removed / 36, abs=1e-12)
+    assert abs(result.selection.achieved_ratio - 0.25) <= 2 / 36  # a coupled unit is 2 channels
+    # the bound from the γ: conv 0's best coupled unit or conv 3's best channel, whichever is lower
+    gamma = [np.abs(np.asarray(graph.layers[i].weights["scales"], dtype=np.float64)) for i in (0, 1, 3)]
+    coupled = np.maximum(gamma[0], gamma[1][:12])
+    bound = min(coupled.max(), gamma[2].max())
+    below = 2 * (coupled < bound).sum() + (gamma[1][12:] < bound).sum() + (gamma[2] < bound).sum()
+    assert result.selection.threshold_bound == pytest.approx(bound, rel=1e-6)
+    assert result.selection.ratio_bound == pytest.approx(below / 36, abs=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the bound is per group, not per layer: when the channels a narrower shortcut operand leaves "
-    "uncoupled (a group that is only part of a conv) are all dead, every ratio and threshold is refused as "
-    "'would empty a layer' (bound 0), though removing them leaves that conv 12 of its 16 channels",
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("shortcut", {}), ("slim", {"layer_keep": 0.5}), ("regular", {"round_to": 4})],
 )
-def test_a_dead_part_of_a_conv_can_be_removed():
-    graph = model(conv(12, 3), conv(16, 3), section("shortcut", **{"from": -2}), conv(8, 1), size=8)
+def test_a_dead_part_of_a_conv_can_be_removed(method, options):
+    """A group that is only part of a conv may be emptied: the conv keeps its other channels."""
+    graph = model(*SPLIT, size=8)
     set_bn(graph, 1, [12, 13, 14, 15])  # conv 1's own (uncoupled) channels: all dead
-    result = prune(graph, "shortcut", threshold=1e-9)
-    assert result.pruned.layers[1].filters == 12
+    result = prune(graph, method, threshold=1e-9, **options)
+    assert [result.pruned.layers[i].filters for i in (0, 1, 3)] == [12, 12, 8]
+    assert compare_with_reference(result) < EXACT
+
+
+def test_a_group_that_is_a_whole_layer_is_never_emptied():
+    """Emptying the coupled group would empty conv 0 (every one of its channels is in it): refused, and with
+    --force the best unit stays."""
+    graph = model(*SPLIT, size=8)
+    set_bn(graph, 0, list(range(12)))  # the coupled group: all dead
+    set_bn(graph, 1, list(range(12)))
+    set_bn(graph, 1, [13, 14, 15])  # conv 1's own channels: one live (12), the rest dead
+    with pytest.raises(UsageError, match="would empty a layer"):
+        prune(graph, "shortcut", threshold=1e-9)
+    result = prune(graph, "shortcut", threshold=1e-9, force=True)
+    assert [result.pruned.layers[i].filters for i in (0, 1)] == [1, 2]
+    assert result.kept_channels[0] == [0] and result.kept_channels[1] == [0, 12]
     assert compare_with_reference(result) < EXACT
 
 
@@ -867,11 +895,12 @@ def test_normal_leaves_shortcut_coupled_convs_alone():
 
 
 @pytest.mark.parametrize("layer_keep", [0.25, 0.5])
-def test_slim_keeps_the_layer_keep_share_of_every_group(layer_keep):
-    graph = guarded()
+@pytest.mark.parametrize("sections", [GUARDED, SPLIT], ids=["guarded", "split"])
+def test_slim_keeps_the_layer_keep_share_of_every_layer(layer_keep, sections):
+    graph = model(*sections, size=8)
     result = prune(graph, "slim", percent=0.95, layer_keep=layer_keep, force=True)
-    for kept, size in kept_units_per_group(result, "slim"):
-        assert kept >= math.ceil(layer_keep * size)
+    for layer in producer_convs(graph):
+        assert result.pruned.layers[layer.index].filters >= math.ceil(layer_keep * layer.filters)
     assert compare_with_reference(result) > 0  # live channels removed; the model still runs
 
 
@@ -885,19 +914,16 @@ def test_regular_widths_are_multiples_of_round_to(round_to):
     assert [result.pruned.layers[i].filters for i in range(4)] != [24, 16, 20, 12]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: regular rounds each group separately; a conv whose channels lie in two groups (a shortcut "
-    "with a narrower operand couples only its first channels) gets the sum of two rounded counts: 8 + 4 = 12",
-)
 def test_regular_width_of_a_conv_split_between_groups():
-    """yolov3-tiny-prn's pattern: conv 1 (16) + conv 0 (12) → channels 0–11 of conv 1 are coupled with conv 0,
-    channels 12–15 are its own: two groups share one conv."""
-    graph = model(conv(12, 3), conv(16, 3), section("shortcut", **{"from": -2}), conv(8, 1), size=8)
+    """Two groups share conv 1: rounding each group (8 + 4) would give it 12 channels; it is rounded as a
+    whole."""
+    graph = model(*SPLIT, size=8)
     result = prune(graph, "regular", percent=0.5, round_to=8)
     widths = [result.pruned.layers[i].filters for i in (0, 1)]
     assert widths[0] < 12  # something was pruned
     assert all(w % 8 == 0 or w == full for w, full in zip(widths, (12, 16), strict=True)), widths
+    check_kept_channels(result)
+    outputs(result.pruned, random_input(graph))  # the compact model runs
 
 
 @pytest.mark.parametrize(

@@ -85,20 +85,20 @@ NAMED: dict[str, tuple[str, ...]] = {
     "yolov7.cfg": ("slim",),  # concat-heavy, swish
 }
 
-# Cases that fail because of an engine bug, each also shown on a tiny cfg in test_prune.py.
-_COUNTED_TWICE = (
-    "BUG: select._channel_counts counts the channels of a conv split between two groups (a shortcut with a "
-    "narrower operand couples only its first channels) once per group, so --percent at the dead share "
-    "removes live channels (tiny cfg: test_a_conv_split_between_groups_counts_once)"
-)
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("csresnext50-panet-spp-original-optimal.cfg", "shortcut"): _COUNTED_TWICE,
-    ("csresnext50-panet-spp-original-optimal.cfg", "regular"): _COUNTED_TWICE,
-    ("csresnext50-panet-spp.cfg", "shortcut"): _COUNTED_TWICE,
-    ("csresnext50-panet-spp.cfg", "regular"): _COUNTED_TWICE,
-    ("resnet152_trident.cfg", "shortcut"): _COUNTED_TWICE,
-    ("resnet152_trident.cfg", "regular"): _COUNTED_TWICE,
+# Cases that fail because of an engine bug, each also shown on a tiny cfg in test_prune.py (none open now).
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
+
+# Convs whose width is not one group's count: split between two groups (a shortcut whose narrower operand
+# couples only the first channels of the wider one) or partly fixed (the channels a narrower operand
+# ignores). test_rounding_cfgs_are_these (slow) checks that the list is complete.
+ROUNDING_CFGS = {
+    "csresnext50-panet-spp-original-optimal.cfg": "split",
+    "csresnext50-panet-spp.cfg": "split",
+    "resnet152_trident.cfg": "split",
+    "yolov4-sam-mish-csp-reorg-bfm.cfg": "split",
+    "yolov3-tiny-prn.cfg": "partly fixed",
 }
+FAST_ROUNDING = ("yolov3-tiny-prn.cfg", "resnet152_trident.cfg")
 
 
 # -- which cfgs ----------------------------------------------------------------------------------------------
@@ -488,6 +488,46 @@ def check_case(bench: Workbench, name: str, method: str, folder: Path) -> None:
 @pytest.mark.parametrize(("name", "method"), cases())
 def test_collection(bench: Workbench, name: str, method: str, tmp_path: Path) -> None:
     check_case(bench, name, method, tmp_path)
+
+
+# -- regular: every conv's width rounded as a whole ---------------------------------------------------------
+def mixed_convs(graph: Graph) -> list[int]:
+    """Producer convs whose channels do not all lie in one group (some in another group, or fixed)."""
+    analysis = analyse(graph)
+    return [
+        layer.index
+        for layer in producer_convs(graph)
+        if len(set(analysis.unit_group[analysis.output_units[layer.index]].tolist())) > 1
+    ]
+
+
+@pytest.mark.slow
+def test_rounding_cfgs_are_these() -> None:
+    found = [path.name for path in bn_cfgs() if mixed_convs(load_cfg(path, warn=quiet))]
+    assert sorted(found) == sorted(ROUNDING_CFGS)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[] if n in FAST_ROUNDING else [pytest.mark.slow]) for n in ROUNDING_CFGS]
+)
+def test_regular_rounds_every_conv_as_a_whole(name: str) -> None:
+    """Live channels removed at two ratios; every producer's width a multiple of --round-to or full. The
+    parts of these convs are multiples of 8, so only a --round-to that does not divide them (24, 48) shows
+    what rounding each group alone does (resnet152_trident at 48: 464 of 512 channels)."""
+    graph = load_cfg(CFG_DIR / name, warn=quiet)
+    random_weights(graph, seed=SEED)
+    mixed = mixed_convs(graph)
+    assert mixed
+    narrowed = set()
+    for round_to in (8, 24, 48):
+        for percent in (0.3, 0.6):
+            result = prune(graph, "regular", percent=percent, round_to=round_to)
+            for layer in producer_convs(graph):
+                width = result.pruned.layers[layer.index].filters
+                assert width % round_to == 0 or width == layer.filters, (round_to, percent, layer.index)
+            narrowed |= {i for i in mixed if result.pruned.layers[i].filters < graph.layers[i].filters}
+    check_kept_channels(result)
+    assert narrowed, "no mixed conv was ever narrowed"
 
 
 # -- the named models' own rules, with live channels removed as well -----------------------------------------

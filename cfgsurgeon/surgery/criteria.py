@@ -50,10 +50,9 @@ def unit_scores(analysis: ChannelAnalysis, criterion: str = "bn-gamma", seed: in
     score_channels = CRITERIA[criterion]
     rng = np.random.default_rng(seed)
     scores = np.full(len(analysis.unit_prunable), -np.inf)
-    for group in analysis.groups:
-        for producer in group.producers:
-            layer = analysis.graph.layers[producer]
-            units = analysis.output_units[producer]
-            np.maximum.at(scores, units, score_channels(layer, rng))
+    for producer in dict.fromkeys(p for group in analysis.groups for p in group.producers):  # each conv once
+        layer = analysis.graph.layers[producer]
+        units = analysis.output_units[producer]
+        np.maximum.at(scores, units, score_channels(layer, rng))
     scores[~analysis.unit_prunable] = -np.inf
     return scores

@@ -2,32 +2,47 @@
 
 * ``normal``   – global threshold over units that no shortcut ties together;
 * ``shortcut`` – the same over every prunable unit (shortcut-coupled groups pruned as one);
-* ``slim``     – global threshold, every group keeps at least ``layer_keep`` of its units, shortcut fusion
+* ``slim``     – global threshold, every layer keeps at least ``layer_keep`` of its channels, shortcut fusion
   (a unit lives if any coupled member scores above the threshold);
-* ``regular``  – per group, the kept count rounded up to a multiple of ``round_to`` (or the full width).
+* ``regular``  – kept counts rounded up to a multiple of ``round_to`` per group, then every convolution's
+  width made a multiple of ``round_to`` (or its full width) as a whole (:func:`_round_layers`).
 
-Every group keeps at least one unit. The threshold is set by ``percent`` (share of candidate channels to
-remove) or given directly; a threshold above the highest one that empties no group is refused unless forced.
+The threshold is set by ``percent`` (share of candidate channels to remove) or given directly; a threshold
+above the highest one that empties no layer is refused unless forced.
+
+The guard is about layers, not groups. A group (units with the same producer convs) may be a *part* of a
+conv: a shortcut whose narrower operand couples only the first channels of the wider one leaves the rest of
+the wider conv a group of its own. Removing that whole group leaves the conv the coupled channels, which is
+valid, so it is allowed. What must never happen is a layer (any layer: a conv, a route, a shortcut, …) with
+no channels left; every emptied group that breaks something does so by emptying some layer, because all the
+other structural constraints (grouped routes and convs, depthwise convs, reorg blocks) are built into the
+units themselves. So every layer whose channels are all candidates keeps its best unit.
+
+Widths are counted per conv, never per group: a conv split between groups is one conv, counted once in the
+candidate channels and rounded as a whole by ``regular``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import UsageError
-from .groups import ChannelAnalysis
+from .groups import ChannelAnalysis, Group
 
 STRATEGIES = ("normal", "shortcut", "slim", "regular")
+
+Accept = Callable[[np.ndarray], np.ndarray]  # candidate widths of a layer → which of them are acceptable
 
 
 @dataclass
 class Selection:
     keep_unit: np.ndarray
     threshold: float
-    threshold_bound: float  # the highest threshold that leaves every candidate group a unit
+    threshold_bound: float  # the highest threshold that leaves every layer a channel
     ratio_bound: float  # the share of candidate channels below that bound: the largest safe --percent
     requested_ratio: float | None
     achieved_ratio: float  # share of candidate channels actually removed
@@ -52,10 +67,11 @@ def select(
     if not groups:
         raise UsageError("this model has no channels that this method can prune")
     units = np.concatenate([g.unit_ids for g in groups])
-    weight = _channel_counts(analysis, units)
-    bound = min(scores[g.unit_ids].max() for g in groups)
+    producers = producer_layers(groups)
+    weight = _channel_counts(analysis, producers, units)
+    bound = _threshold_bound(analysis, scores, units)
     ratio_bound = float(weight[scores[units] < bound].sum() / weight.sum())
-    below = np.zeros(len(scores), dtype=bool)  # the global choice, before each group's floor
+    below = np.zeros(len(scores), dtype=bool)  # the global choice, before the floors
     if percent is not None:
         if not 0 <= percent < 1:
             raise UsageError(f"--percent must be in [0, 1), found {percent}")
@@ -73,10 +89,15 @@ def select(
                 f"(ratio {ratio_bound:.3f}); use a smaller threshold or --force"
             )
         below[units] = scores[units] < threshold
-    keep = np.ones(len(scores), dtype=bool)
-    for group in groups:
-        member = group.unit_ids
-        keep[member] = _keep_in_group(scores[member], ~below[member], method, layer_keep, round_to)
+    keep = ~below  # units outside the candidates (fixed, or left alone by 'normal') always stay
+    if method == "slim":
+        for p in producers:
+            floor = math.ceil(layer_keep * _width(analysis, p))
+            _grow(keep, analysis.output_units[p], scores, _at_least(floor))
+    _keep_every_layer(keep, scores, analysis)
+    if method == "regular":
+        _round_groups(keep, scores, groups, round_to)
+        _round_layers(keep, scores, analysis, groups, round_to)
     removed = weight[~keep[units]].sum()
     return Selection(
         keep,
@@ -89,28 +110,127 @@ def select(
     )
 
 
-def _keep_in_group(
-    scores: np.ndarray, chosen: np.ndarray, method: str, layer_keep: float, round_to: int
-) -> np.ndarray:
-    """Keep what the global choice kept, raised to the group's floor (best scores first)."""
-    count = int(chosen.sum())
-    floor = math.ceil(layer_keep * len(scores)) if method == "slim" else 1
-    count = max(count, floor, 1)
-    if method == "regular":
-        count = min(len(scores), math.ceil(count / round_to) * round_to)
-    if count == chosen.sum():
-        return chosen.copy()
-    order = np.lexsort((np.arange(len(scores)), -scores, ~chosen))  # chosen first, then best score
-    keep = np.zeros(len(scores), dtype=bool)
-    keep[order[:count]] = True
-    return keep
+def producer_layers(groups: list[Group]) -> list[int]:
+    """The convs that produce the groups' channels, each once (a conv may lie in several groups)."""
+    return sorted({p for group in groups for p in group.producers})
 
 
-def _channel_counts(analysis: ChannelAnalysis, units: np.ndarray) -> np.ndarray:
+def _width(analysis: ChannelAnalysis, layer: int) -> int:
+    return len(analysis.output_units[layer])
+
+
+def _channel_counts(analysis: ChannelAnalysis, producers: list[int], units: np.ndarray) -> np.ndarray:
     """How many producer channels each unit stands for (a shortcut unit is one channel of several convs)."""
-    channels = [analysis.output_units[producer] for group in analysis.groups for producer in group.producers]
+    channels = [analysis.output_units[p] for p in producers]
     every = np.concatenate([np.zeros(0, dtype=np.int64), *channels])
     return np.bincount(every, minlength=len(analysis.unit_prunable))[units]
+
+
+def _threshold_bound(analysis: ChannelAnalysis, scores: np.ndarray, units: np.ndarray) -> float:
+    """The lowest, over layers whose channels are all candidates, of the layer's best unit score: below it,
+    every layer keeps a channel."""
+    candidate = np.zeros(len(scores), dtype=bool)
+    candidate[units] = True
+    best = [scores[u].max() for u in analysis.output_units if len(u) and candidate[u].all()]
+    return float(min(best, default=np.inf))
+
+
+def _at_least(count: int) -> Accept:
+    return lambda widths: widths >= count
+
+
+def _multiple_or_full(round_to: int, full: int) -> Accept:
+    return lambda widths: ((widths % round_to == 0) | (widths == full)) & (widths > 0)
+
+
+def _grow(keep: np.ndarray, channel_units: np.ndarray, scores: np.ndarray, accept: Accept) -> bool:
+    """Keep the layer's best removed units (a unit may be several of its channels) until its width is
+    acceptable; ``keep`` is updated in place. Returns whether anything was added."""
+    width = int(keep[channel_units].sum())
+    if accept(np.array([width]))[0]:
+        return False
+    removed, counts = np.unique(channel_units[~keep[channel_units]], return_counts=True)
+    order = _best_first(removed, scores)
+    widths = width + np.cumsum(counts[order])
+    enough = np.flatnonzero(accept(widths))
+    take = int(enough[0]) + 1 if len(enough) else len(order)  # all of them: the full width
+    keep[removed[order[:take]]] = True
+    return True
+
+
+def _best_first(units: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Order of ``units`` (ascending ids) by score, best first, ties by position."""
+    return np.lexsort((units, -scores[units]))
+
+
+def _keep_every_layer(keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis) -> bool:
+    """Every layer keeps a channel (see the module's docstring). Returns whether anything was added."""
+    added = False
+    for units_of_layer in analysis.output_units:
+        added |= _grow(keep, units_of_layer, scores, _at_least(1))
+    return added
+
+
+def _round_groups(keep: np.ndarray, scores: np.ndarray, groups: list[Group], round_to: int) -> None:
+    """Each group's kept count rounded up to a multiple of ``round_to`` (or its size): then a conv wholly in
+    one group, and whatever reads a slice of it (grouped routes), is a multiple already."""
+    for group in groups:
+        member = group.unit_ids
+        kept = int(keep[member].sum())
+        target = min(len(member), math.ceil(kept / round_to) * round_to)
+        if target > kept:
+            removed = member[~keep[member]]
+            keep[removed[_best_first(removed, scores)[: target - kept]]] = True
+
+
+def _round_layers(
+    keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis, groups: list[Group], round_to: int
+) -> None:
+    """Every producer's width a multiple of ``round_to`` or full, the conv rounded as a whole: a conv split
+    between groups is the sum of rounded counts (8 + 4 = 12). Its own channels (a group no other conv
+    produces) are set first, to the nearest count that makes the width acceptable, up if possible, else
+    down (8 + 0); failing that, more of its units are kept, which may change a conv sharing one of its
+    groups, so repeat until nothing changes. Own channels are settled once per conv and everything else
+    only ever adds units, so this ends, at worst at full widths."""
+    own = np.zeros(len(scores), dtype=bool)
+    for group in groups:
+        own[group.unit_ids] = len(group.producers) == 1
+    producers = producer_layers(groups)
+    settled: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for p in producers:
+            units = analysis.output_units[p]
+            accept = _multiple_or_full(round_to, len(units))
+            if accept(np.array([keep[units].sum()]))[0]:
+                continue
+            if p not in settled:
+                settled.add(p)
+                if _settle_own(keep, units[own[units]], int(keep[units[~own[units]]].sum()), scores, accept):
+                    changed = True
+                    continue
+            changed |= _grow(keep, units, scores, accept)
+        changed |= _keep_every_layer(keep, scores, analysis)
+
+
+def _settle_own(
+    keep: np.ndarray, own_channels: np.ndarray, others: int, scores: np.ndarray, accept: Accept
+) -> bool:
+    """Keep the best j own units, j the smallest count not below the current one that makes the width
+    (``others`` + own channels kept) acceptable, else the largest below it. False if no count does."""
+    units, counts = np.unique(own_channels, return_counts=True)
+    order = _best_first(units, scores)
+    widths = others + np.concatenate([[0], np.cumsum(counts[order])])
+    ok = np.flatnonzero(accept(widths))
+    current = int(keep[units].sum())
+    if not len(ok):
+        return False
+    up = ok[ok >= current]
+    j = int(up[0]) if len(up) else int(ok[-1])
+    keep[units[order[:j]]] = True
+    keep[units[order[j:]]] = False
+    return True
 
 
 def _lowest_share(values: np.ndarray, weight: np.ndarray, share: float) -> tuple[float, np.ndarray]:

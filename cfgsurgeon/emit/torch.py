@@ -5,7 +5,8 @@ each intermediate output after its last reader. Building dispatches on the layer
 (one function per type), so an unsupported type fails with its name.
 
 Where darknet's CPU build has a bug (``relu6`` in a convolution, swish/mish in ``[scale_channels]`` give
-zeros) we compute the intended function, as darknet's GPU build does.
+zeros, ``binary=1`` is ignored) we compute the intended function, as darknet's GPU build does. Layers with a
+softmax tree (``tree=``) need the tree file: :mod:`cfgsurgeon.tree` says where it is looked for.
 """
 
 from __future__ import annotations

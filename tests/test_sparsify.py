@@ -290,3 +290,51 @@ def test_real_yolov3_tiny_report(tmp_path: Path) -> None:
         f"{latency['dense']['latency_ms']['median']:.1f} / {latency['sparse']['latency_ms']['median']:.1f} ms"
     )
     assert "kernel sparsity: 0.5000 over the pruned layers" in stdout
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------------------
+
+
+def test_fine_tune_runs_the_schedule_to_its_final_sparsity(tmp_path: Path) -> None:
+    """Acceptance 4: a few steps on the synthetic dataset; the schedule's value at each step (TFMOT's
+    PolynomialDecay formula) is what the masks hold, and the final sparsity is reached at end_step."""
+    pytest.importorskip("torch")  # the dataset reader is the torch training package's
+    from conftest import REPO_CFG_DIR
+
+    from cfgsurgeon.train.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", classes=3, train=8, valid=2, size=128, seed=0)
+    cfg = REPO_CFG_DIR / "yolo-nano.cfg"
+    graph = load_cfg(cfg, warn=quiet)
+    random_weights(graph, seed=0)
+    weights = tmp_path / "dense.weights"
+    write_weights(graph, weights)
+    out = tmp_path / "out"
+    schedule = ["--end-step", "4", "--frequency", "2", "--initial-sparsity", "0.1"]
+    tune = ["--fine-tune", "--data", data, "--epochs", "3", "--batch-size", "4", "--lr", "1e-3"]
+    stdout = run_cli(
+        "sparsify", "--cfg", cfg, "--weights", weights, *schedule, *tune, "--no-tflite", "-o", out
+    )
+    steps = json.loads((out / "report.json").read_text())["fine_tune"]["steps"]
+    assert [s["step"] for s in steps] == list(range(1, 7))  # 2 batches × 3 epochs
+    expected = {step: 0.5 + (0.1 - 0.5) * (1 - min(step / 4, 1.0)) ** 3 for step in range(1, 7)}
+    # masks are recomputed on steps 2 and 4 (every 2 from 0): step 1 still runs unmasked
+    assert steps[0]["sparsity"] == pytest.approx(0.0, abs=1e-6)
+    for s in steps[1:]:
+        applied = expected[s["step"] - s["step"] % 2]
+        assert s["sparsity"] == pytest.approx(applied, abs=0.01), s
+    assert all(np.isfinite(s["loss"]) for s in steps)
+    dense, sparse = read(cfg, weights), read(cfg, out / "sparse.weights")
+    protected = set(plan(dense).dense)
+    for index in conv_layers(dense):
+        layer = sparse.layers[index]
+        if index not in protected:
+            assert abs(float(np.mean(layer.weights["weights"] == 0)) - 0.5) <= 0.01
+        for name in ("scales", "rolling_mean", "rolling_variance"):  # batch norm is frozen
+            if name in layer.weights:
+                assert layer.weights[name].tobytes() == dense.layers[index].weights[name].tobytes()
+    assert "fine-tuned 6 steps" in stdout
+    REPORT["sparsify --fine-tune yolo-nano synthetic"] = (
+        f"6 steps, loss {steps[0]['loss']:.1f} → {steps[-1]['loss']:.1f}, sparsity at end step "
+        f"{steps[3]['sparsity']:.4f}"
+    )

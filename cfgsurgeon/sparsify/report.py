@@ -100,6 +100,16 @@ def lines(report: dict[str, Any]) -> list[str]:
         f"kernel sparsity: {total['pruned_layers']:.4f} over the pruned layers, "
         f"{total['all_kernels']:.4f} over all kernels"
     )
+    tuned = report.get("fine_tune")
+    if tuned and tuned["steps"]:
+        first, last = tuned["steps"][0], tuned["steps"][-1]
+        ending = (
+            "" if tuned["finished_schedule"] else " (stopped before the end step: final masks applied then)"
+        )
+        out.append(
+            f"fine-tuned {last['step']} steps: loss {first['loss']:.3f} → {last['loss']:.3f}, mean sparsity "
+            f"of the pruned kernels {last['sparsity']:.4f} (schedule {last['target']:.4f}){ending}"
+        )
     for name, figures in report["sizes"].items():
         out.append(_size_line(name, figures))
     tflite = report.get("tflite")

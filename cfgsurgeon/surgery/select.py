@@ -91,9 +91,10 @@ def select(
         below[units] = scores[units] < threshold
     keep = ~below  # units outside the candidates (fixed, or left alone by 'normal') always stay
     if method == "slim":
-        for p in producers:
-            floor = math.ceil(layer_keep * _width(analysis, p))
-            _grow(keep, analysis.output_units[p], scores, _at_least(floor))
+        spaces = [analysis.output_units[p] for p in producers]
+        floors = np.ceil(layer_keep * np.array([len(space) for space in spaces])).astype(np.int64)
+        for k in np.flatnonzero(_widths(keep, spaces) < floors):
+            _grow(keep, spaces[k], scores, _at_least(int(floors[k])))
     _keep_every_layer(keep, scores, analysis)
     if method == "regular":
         _round_groups(keep, scores, groups, round_to)
@@ -115,10 +116,6 @@ def producer_layers(groups: list[Group]) -> list[int]:
     return sorted({p for group in groups for p in group.producers})
 
 
-def _width(analysis: ChannelAnalysis, layer: int) -> int:
-    return len(analysis.output_units[layer])
-
-
 def _channel_counts(analysis: ChannelAnalysis, producers: list[int], units: np.ndarray) -> np.ndarray:
     """How many producer channels each unit stands for (a shortcut unit is one channel of several convs)."""
     channels = [analysis.output_units[p] for p in producers]
@@ -129,10 +126,14 @@ def _channel_counts(analysis: ChannelAnalysis, producers: list[int], units: np.n
 def _threshold_bound(analysis: ChannelAnalysis, scores: np.ndarray, units: np.ndarray) -> float:
     """The lowest, over layers whose channels are all candidates, of the layer's best unit score: below it,
     every layer keeps a channel."""
+    spaces = [u for u in analysis.output_units if len(u)]
+    starts = np.cumsum([0] + [len(u) for u in spaces[:-1]])
+    flat = np.concatenate(spaces)
     candidate = np.zeros(len(scores), dtype=bool)
     candidate[units] = True
-    best = [scores[u].max() for u in analysis.output_units if len(u) and candidate[u].all()]
-    return float(min(best, default=np.inf))
+    whole = np.logical_and.reduceat(candidate[flat], starts)  # every channel a candidate
+    best = np.maximum.reduceat(scores[flat], starts)[whole]
+    return float(best.min()) if len(best) else float(np.inf)
 
 
 def _at_least(count: int) -> Accept:
@@ -165,10 +166,18 @@ def _best_first(units: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def _keep_every_layer(keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis) -> bool:
     """Every layer keeps a channel (see the module's docstring). Returns whether anything was added."""
-    added = False
-    for units_of_layer in analysis.output_units:
-        added |= _grow(keep, units_of_layer, scores, _at_least(1))
-    return added
+    empty = np.flatnonzero(_widths(keep, analysis.output_units) == 0)
+    for k in empty:  # _grow looks again: keeping a unit for one layer may fill another
+        _grow(keep, analysis.output_units[k], scores, _at_least(1))
+    return len(empty) > 0
+
+
+def _widths(keep: np.ndarray, spaces: list[np.ndarray]) -> np.ndarray:
+    """Kept channels of each channel space (a layer's output units), all at once."""
+    lengths = [len(space) for space in spaces]
+    owner = np.repeat(np.arange(len(spaces)), lengths)
+    flat = np.concatenate([np.zeros(0, dtype=np.int64), *spaces])
+    return np.bincount(owner, weights=keep[flat], minlength=len(spaces)).astype(np.int64)
 
 
 def _round_groups(keep: np.ndarray, scores: np.ndarray, groups: list[Group], round_to: int) -> None:
@@ -196,17 +205,19 @@ def _round_layers(
     for group in groups:
         own[group.unit_ids] = len(group.producers) == 1
     producers = producer_layers(groups)
+    spaces = [analysis.output_units[p] for p in producers]
+    full = np.array([len(space) for space in spaces])
     settled: set[int] = set()
     changed = True
     while changed:
         changed = False
-        for p in producers:
-            units = analysis.output_units[p]
-            accept = _multiple_or_full(round_to, len(units))
-            if accept(np.array([keep[units].sum()]))[0]:
+        widths = _widths(keep, spaces)
+        for k in np.flatnonzero((widths % round_to != 0) & (widths != full)):
+            units, accept = spaces[k], _multiple_or_full(round_to, int(full[k]))
+            if accept(np.array([keep[units].sum()]))[0]:  # settled by an earlier conv of this pass
                 continue
-            if p not in settled:
-                settled.add(p)
+            if k not in settled:
+                settled.add(k)
                 if _settle_own(keep, units[own[units]], int(keep[units[~own[units]]].sum()), scores, accept):
                     changed = True
                     continue

@@ -52,8 +52,12 @@ Resolver = Callable[[Layer, str], tuple[list[str], tuple[int, ...], Convert | No
 
 
 # -- writing ----------------------------------------------------------------------------------------------
-def save_checkpoint(model_or_graph: DarknetModel | Graph, path: str | Path) -> None:
-    """Write our ``.pt`` checkpoint for a model (or a graph with weights loaded), atomically."""
+def save_checkpoint(
+    model_or_graph: DarknetModel | Graph, path: str | Path, extra: Mapping[str, Any] | None = None
+) -> None:
+    """Write our ``.pt`` checkpoint for a model (or a graph with weights loaded), atomically. ``extra``: more
+    top-level entries (tensors, numbers, strings, lists, dicts only), e.g. the trainer's ``"train"`` state;
+    readers of the weights ignore them."""
     import torch
 
     from .emit.torch import to_torch
@@ -70,6 +74,10 @@ def save_checkpoint(model_or_graph: DarknetModel | Graph, path: str | Path) -> N
         "header": asdict(header),
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
     }
+    clash = set(extra or {}) & set(payload)
+    if clash:
+        raise ValueError(f"checkpoint entries {sorted(clash)} are reserved")
+    payload.update(extra or {})
     with atomic_output(path) as out:
         torch.save(payload, out)
 
@@ -115,6 +123,16 @@ def load_checkpoint(path: str | Path, cfg_path: str | Path | None = None, warn: 
     _fill_weights(graph, state, _archive_resolver, _is_counter, path)
     graph.weights_header = WeightsHeader(seen=_seen(obj))
     return graph
+
+
+def checkpoint_entry(path: str | Path, key: str) -> Any:
+    """A top-level entry of our checkpoint besides the model (see ``extra`` of :func:`save_checkpoint`), or
+    None when absent; read with ``weights_only=True`` like everything here."""
+    path = Path(path)
+    obj = _torch_load(path)
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError("not a cfgsurgeon checkpoint", path)
+    return obj.get(key)
 
 
 def _load_ours(obj: dict, path: Path, cfg_path: str | Path | None, warn: Warn) -> Graph:

@@ -218,7 +218,7 @@ class _ClipGrad(torch.autograd.Function):
         return grad.clamp(-ctx.limit, ctx.limit), None
 
 
-def _logistic_loss(logits: Tensor, target: Tensor) -> Tensor:
+def logistic_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy of ``σ(logits)`` against ``target`` minus the target's entropy: ≥ 0, 0 at the target;
     its gradient is ``σ(logits) − target``. A target outside [0, 1] (x, y of a ``truth_thresh`` positive
     whose truth lies in another cell, as darknet computes it) keeps that gradient; only the constant uses
@@ -228,7 +228,7 @@ def _logistic_loss(logits: Tensor, target: Tensor) -> Tensor:
     return bce + torch.xlogy(t, t) + torch.xlogy(1 - t, 1 - t)
 
 
-def _squared_loss(values: Tensor, target: Tensor) -> Tensor:
+def squared_loss(values: Tensor, target: Tensor) -> Tensor:
     return 0.5 * (values - target) ** 2
 
 
@@ -317,7 +317,7 @@ class YoloLoss:
         return box, obj, cls, len(assigned.truth)
 
     def _entry_loss(self, head: YoloHead, values: Tensor, target: Tensor) -> Tensor:
-        return _squared_loss(values, target) if head.new_coords else _logistic_loss(values, target)
+        return squared_loss(values, target) if head.new_coords else logistic_loss(values, target)
 
     def _class_probs(self, head: YoloHead, p: Tensor) -> Tensor:
         return p[..., 5:] if head.new_coords else torch.sigmoid(p[..., 5:])
@@ -450,12 +450,12 @@ class YoloLoss:
         t_xy = torch.stack([truth[:, 0] * cols - assigned.col, truth[:, 1] * rows - assigned.row], dim=1)
         s = head.scale_x_y
         if head.new_coords:
-            xy = _squared_loss(self._scaled_xy(head, logits[:, :2]), t_xy) / s
+            xy = squared_loss(self._scaled_xy(head, logits[:, :2]), t_xy) / s
             t_wh = torch.sqrt(truth[:, 2:4] * net / (4 * anchors))
         else:
-            xy = s * _logistic_loss(logits[:, :2], (t_xy + 0.5 * (s - 1)) / s)
+            xy = s * logistic_loss(logits[:, :2], (t_xy + 0.5 * (s - 1)) / s)
             t_wh = torch.log(truth[:, 2:4] * net / anchors)
-        wh = _squared_loss(logits[:, 2:4], t_wh)
+        wh = squared_loss(logits[:, 2:4], t_wh)
         return weight * (xy.sum(1) + wh.sum(1))
 
     def _iou_box(

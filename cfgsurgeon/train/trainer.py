@@ -1,0 +1,634 @@
+"""The training loop: ``train(TrainConfig(...)) -> TrainResult``, also behind ``cfgsurgeon train``.
+
+Defaults come from the cfg's ``[net]`` as darknet reads them (``batch``, ``subdivisions``, ``learning_rate``,
+``momentum``, ``decay``, ``adam``/``B1``/``B2``/``eps``, ``burn_in``/``power``, ``policy`` with
+``steps``/``scales``, ``step``/``scale``, ``learning_rate_min``); every one can be overridden. Darknet's
+conventions kept: ``batch`` images per optimizer step, split into ``subdivisions`` accumulated micro-batches;
+weight decay on convolution and connected weights only (never BN scales or biases); the burn-in ramp
+``lr·(step/burn_in)^power``. The run's length is set in epochs (``max_steps`` can cut it shorter); ``steps=``
+positions are given by darknet relative to ``max_batches``, so they are rescaled to the run's length.
+
+Outputs (``output`` folder, rank 0 only): ``last.pt`` (our checkpoint format, :mod:`cfgsurgeon.convert`,
+plus a ``"train"`` entry with the optimizer, scaler and counters, written every ``checkpoint_every`` epochs
+and at the end; ``resume=`` continues from it), ``<cfg name>.weights`` (final darknet weights) with a copy
+of the cfg beside it, ``gamma/epoch_NNN.png`` (|γ| histograms of the penalised BN channels) and
+``history.json``.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the same call runs DDP, gloo on CPU and nccl on CUDA,
+each rank taking ``batch / world`` images of every step through a ``DistributedSampler`` (the union over
+ranks is the same global batch as a single process with the same seed draws). Batch norm is synchronised
+across ranks (``sync_bn``; on CPU by an all-reduce of the per-channel sums, as ``SyncBatchNorm`` only runs on
+GPUs), so a 2-process run computes what one process computes, up to float rounding. Mixed precision
+(``amp``): bf16 autocast on CPU, fp16 with a ``GradScaler`` on CUDA; the loss is computed in float32 and the
+sparsity term is added after unscaling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..convert import checkpoint_entry, load_checkpoint, save_checkpoint
+from ..emit.cfg import cfg_text
+from ..emit.torch import DarknetModel, store_darknet_weights
+from ..errors import UsageError
+from ..files import atomic_output
+from ..ir import Graph, load_cfg
+from ..weights import WeightsHeader, read_weights, write_weights
+from . import options as opt
+from .distill import Distiller
+from .loss import YoloLoss, yolo_heads
+from .sparsity import Schedule, SparsityPenalty, fraction_small, plot_gamma_histogram
+
+OPTIMIZERS = ("sgd", "adam")
+LR_POLICIES = ("constant", "steps", "step", "poly", "cosine")
+POLICY_ALIASES = {"sgdr": "cosine"}  # darknet's SGDR with one cycle is a cosine decay
+
+
+@dataclass
+class TrainConfig:
+    """What to train and how. ``None`` means "as the cfg's ``[net]`` says"."""
+
+    cfg: Path | None = None  # not needed with resume or a .pt weights (they carry their cfg)
+    data: Path | None = None  # darknet .data file (its train= list); not needed when train() gets a dataset
+    output: Path = Path("runs/train")
+    weights: Path | None = None  # start from .weights or a .pt checkpoint; None: from scratch (seeded init)
+    resume: Path | None = None  # last.pt of an earlier run: continue it (same settings give the same result)
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps in all
+    batch: int | None = None  # images per optimizer step, over all processes ([net] batch)
+    subdivisions: int | None = None  # micro-batches per step ([net] subdivisions)
+    optimizer: str | None = None  # sgd | adam ([net] adam=1 → adam)
+    lr: float | None = None  # [net] learning_rate
+    momentum: float | None = None  # [net] momentum (SGD), B1 (Adam)
+    weight_decay: float | None = None  # [net] decay
+    warmup: int | None = None  # burn-in steps ([net] burn_in)
+    lr_policy: str | None = None  # constant | steps | step | poly | cosine ([net] policy)
+    sparsity: float = 0.0  # s of the L1 penalty on BN γ (0: off)
+    sparsity_schedule: str = "constant"  # constant | global-decay | local-decay
+    sparsity_scope: str = "slim"  # normal | shortcut | slim | all (which BN layers are penalised)
+    teacher_cfg: Path | None = None
+    teacher_weights: Path | None = None
+    distill: str = "soft"  # soft | detection
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    amp: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    workers: int = 0
+    augment: bool = True
+    bn_momentum: float = 0.03  # running-statistics update per step (darknet: 0.01; short runs need faster)
+    sync_bn: bool = True
+    gamma_plots: bool = True
+    progress: bool = True
+    checkpoint_every: int = 1  # epochs
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    steps: int  # optimizer steps done at the end of the epoch
+    loss: float  # mean per-image loss over the epoch's steps
+    box: float
+    obj: float
+    cls: float
+    distill: float
+    lr: float  # at the last step
+    small_gamma: float  # share of penalised |γ| < 0.01
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    graph: Graph  # the trained network, weights loaded
+    step_losses: list[float]  # per optimizer step, the global batch's per-image loss
+    epochs: list[EpochRecord]
+    output: Path
+    weights: Path | None = None  # final .weights (None on ranks other than 0)
+    checkpoint: Path | None = None
+    plots: list[Path] = field(default_factory=list)
+
+
+# -- schedules ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LearningRate:
+    """The learning rate at each optimizer step (0-based): burn-in, then the policy."""
+
+    base: float
+    total: int
+    warmup: int = 0
+    power: float = 4.0
+    policy: str = "constant"
+    steps: tuple[int, ...] = ()
+    scales: tuple[float, ...] = ()
+    step_size: int = 1
+    step_scale: float = 1.0
+    minimum: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.base * ((step + 1) / self.warmup) ** self.power
+        if self.policy == "steps":
+            passed = [scale for at, scale in zip(self.steps, self.scales, strict=False) if at <= step]
+            return self.base * math.prod(passed)
+        if self.policy == "step":
+            return self.base * self.step_scale ** (step // max(1, self.step_size))
+        if self.policy == "poly":
+            return self.base * (1 - step / max(1, self.total)) ** self.power
+        if self.policy == "cosine":
+            return self.minimum + 0.5 * (self.base - self.minimum) * (
+                1 + math.cos(math.pi * step / self.total)
+            )
+        return self.base
+
+
+def learning_rate(graph: Graph, config: TrainConfig, total: int) -> LearningRate:
+    net = graph.net
+    policy = config.lr_policy or opt.text(net, "policy", "constant")
+    policy = POLICY_ALIASES.get(policy, policy)
+    if policy not in LR_POLICIES:
+        raise UsageError(
+            f"learning-rate policy '{policy}' is not supported (one of: {', '.join(LR_POLICIES)})"
+        )
+    max_batches = opt.integer(net, "max_batches", 0)
+    stretch = total / max_batches if max_batches > 0 else 1.0
+    steps = tuple(round(s * stretch) for s in opt.numbers(net, "steps"))
+    scales = tuple(opt.numbers(net, "scales"))
+    if policy == "steps" and len(scales) < len(steps):
+        raise UsageError("[net] steps= and scales= need the same number of values", net.where("scales"))
+    return LearningRate(
+        base=config.lr if config.lr is not None else opt.number(net, "learning_rate", 0.001),
+        total=total,
+        warmup=config.warmup if config.warmup is not None else opt.integer(net, "burn_in", 0),
+        power=opt.number(net, "power", 4.0),
+        policy=policy,
+        steps=steps,
+        scales=scales,
+        step_size=max(1, round(opt.integer(net, "step", 1) * stretch)),
+        step_scale=opt.number(net, "scale", 1.0),
+        minimum=opt.number(net, "learning_rate_min", 0.00001),
+    )
+
+
+def make_optimizer(model: nn.Module, graph: Graph, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (darknet's momentum update) or Adam (``B1``, ``B2``, ``eps``); decay on conv/fc weights only."""
+    net = graph.net
+    kind = config.optimizer or ("adam" if opt.integer(net, "adam", 0) else "sgd")
+    if kind not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer '{kind}' (one of: {', '.join(OPTIMIZERS)})")
+    decay = config.weight_decay if config.weight_decay is not None else opt.number(net, "decay", 0.0001)
+    decayed = [p for name, p in model.named_parameters() if name.endswith(("conv.weight", "fc.weight"))]
+    ids = {id(p) for p in decayed}
+    others = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": decayed, "weight_decay": decay}, {"params": others, "weight_decay": 0.0}]
+    if kind == "adam":
+        beta1 = config.momentum if config.momentum is not None else opt.number(net, "B1", 0.9)
+        betas = (beta1, opt.number(net, "B2", 0.999))
+        return torch.optim.Adam(groups, lr=1.0, betas=betas, eps=opt.number(net, "eps", 0.000001))
+    momentum = config.momentum if config.momentum is not None else opt.number(net, "momentum", 0.9)
+    return torch.optim.SGD(groups, lr=1.0, momentum=momentum)
+
+
+# -- distributed -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+    started: bool = False  # whether this run initialised the process group (and so tears it down)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Ranks:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        started = not dist.is_initialized()
+        if started:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(rank, world, local, started)
+
+    def mean(self, values: Tensor) -> Tensor:
+        if self.world > 1:
+            values = values.clone()
+            dist.all_reduce(values)
+            values /= self.world
+        return values
+
+
+class _DistributedBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the whole global batch: per-channel sums, sums of
+    squares and counts are all-reduced (with autograd, so gradients see the global statistics too)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        channels = x.shape[1]
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / channels, device=x.device)
+        stats = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
+        n = stats[-1]
+        mean = stats[:channels] / n
+        var = (stats[channels : 2 * channels] / n - mean * mean).clamp(min=0)
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 0.1
+            self.running_mean.mul_(1 - m).add_(m * mean.detach())
+            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+            self.num_batches_tracked.add_(1)
+        shape = (1, channels, 1, 1)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+
+
+def _synchronise_batchnorm(model: nn.Module, device: torch.device) -> None:
+    """Make every BatchNorm2d of ``model`` use the global batch's statistics, in place (same parameters,
+    buffers and state_dict keys)."""
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = nn.SyncBatchNorm if device.type == "cuda" else _DistributedBatchNorm
+            module.process_group = None  # SyncBatchNorm: the default (whole) group
+
+
+# -- models ------------------------------------------------------------------------------------------------
+
+
+def load_graph(cfg: Path | None, weights: Path | None, warn: Callable[[str], None] = print) -> Graph:
+    """A cfg with weights from ``.weights`` or a ``.pt`` checkpoint (which may carry its own cfg)."""
+    if weights is not None and weights.suffix == ".pt":
+        return load_checkpoint(weights, cfg, warn)
+    if cfg is None:
+        raise UsageError("a cfg is needed (--cfg)")
+    graph = load_cfg(cfg, warn)
+    if weights is not None:
+        read_weights(graph, weights)
+    return graph
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    return device
+
+
+# -- data --------------------------------------------------------------------------------------------------
+
+
+def _micro_batches(images: Tensor, targets: Tensor, parts: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Split a batch (targets M×6, column 0 the image index) into ``parts`` consecutive micro-batches."""
+    size = images.shape[0] // parts
+    for k in range(parts):
+        lo, hi = k * size, (k + 1) * size
+        rows = targets[(targets[:, 0] >= lo) & (targets[:, 0] < hi)].clone()
+        rows[:, 0] -= lo
+        yield images[lo:hi], rows
+
+
+class _Resumed(torch.utils.data.Sampler):
+    """A sampler's order for the epoch, from position ``start`` on (resuming in the middle of an epoch)."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, start: int):
+        self.sampler, self.start = sampler, start
+
+    def __iter__(self) -> Iterator[int]:
+        for k, index in enumerate(self.sampler):
+            if k >= self.start:
+                yield index
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.start)  # type: ignore[arg-type]
+
+
+def _train_dataset(config: TrainConfig, graph: Graph) -> torch.utils.data.Dataset:
+    from .dataset import DetectionDataset
+
+    if config.data is None:
+        raise UsageError("give the training data (--data FILE.data)")
+    return DetectionDataset.from_data(config.data, "train", graph, augment=config.augment, seed=config.seed)
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    epoch_step: int = 0  # steps completed in the current epoch
+    step_losses: list[float] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(
+    config: TrainConfig,
+    dataset: torch.utils.data.Dataset | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[EpochRecord, Graph], None] | None = None,
+) -> TrainResult:
+    """Train ``config.cfg`` and return the trained graph and what happened. ``dataset`` replaces
+    ``config.data`` (any Dataset of ``(image, targets K×5, path)`` samples, with an optional ``set_epoch``);
+    ``on_epoch`` is called on rank 0 after every epoch with the record and the current weights."""
+    device = _device(config.device)
+    ranks = Ranks.from_env(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", ranks.local) if device.index is None else device
+    try:
+        return _Run(config, device, ranks, log).run(dataset, on_epoch)
+    finally:
+        if ranks.started:
+            dist.destroy_process_group()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, device: torch.device, ranks: Ranks, log: Callable[[str], None]):
+        self.config, self.device, self.ranks = config, device, ranks
+        self.log = log if ranks.main else (lambda message: None)
+        self.state = _State()
+        resume = config.resume
+        source = resume if resume is not None else config.weights
+        self.graph = load_graph(None if resume else config.cfg, source, warn=self.log)
+        torch.manual_seed(config.seed)  # a model trained from scratch starts from the same weights everywhere
+        self.model = DarknetModel(self.graph).to(device)
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config.bn_momentum
+        if ranks.world > 1 and config.sync_bn:
+            _synchronise_batchnorm(self.model, device)  # in place: the same parameters and module tree
+        self.loss = YoloLoss(self.graph)
+        self.penalty = SparsityPenalty(
+            self.model,
+            self.graph,
+            config.sparsity_scope,
+            Schedule(config.sparsity, config.sparsity_schedule),
+        )
+        self.optimizer = make_optimizer(self.model, self.graph, config)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+        self.teacher, self.distiller = self._teacher()
+        self.header = self.graph.weights_header or WeightsHeader()
+        if resume is not None:
+            self._restore(resume)
+        self.start_step = self.state.step  # the header of a resumed run already counts the images before it
+        net_model: nn.Module = self.model
+        if ranks.world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            net_model = nn.parallel.DistributedDataParallel(net_model, device_ids=ids)
+        self.net_model = net_model
+
+    def _teacher(self) -> tuple[DarknetModel | None, Distiller | None]:
+        config = self.config
+        if config.teacher_cfg is None and config.teacher_weights is None:
+            return None, None
+        if config.teacher_weights is None:
+            raise UsageError(
+                "--teacher-cfg needs --teacher-weights (a teacher with random weights teaches noise)"
+            )
+        graph = load_graph(config.teacher_cfg, config.teacher_weights, warn=self.log)
+        distiller = Distiller(
+            self.loss.heads, config.distill, config.distill_weight, config.distill_temperature
+        )
+        teacher_heads = yolo_heads(graph)
+        distiller.check_teacher(teacher_heads)
+        teacher = DarknetModel(graph).to(self.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher_sources = [head.source for head in teacher_heads]
+        return teacher, distiller
+
+    def _restore(self, path: Path) -> None:
+        saved = checkpoint_entry(path, "train")
+        if not isinstance(saved, dict):
+            raise UsageError("this checkpoint has no training state to resume (not a train() last.pt)", path)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        state = self.state
+        state.epoch, state.step, state.epoch_step = saved["epoch"], saved["step"], saved["epoch_step"]
+        state.step_losses, state.epochs = list(saved["step_losses"]), list(saved["epochs"])
+        self.log(f"resuming {path}: epoch {state.epoch + 1}, step {state.step}")
+
+    # -- sizes ----------------------------------------------------------------------------------------------
+    def _batching(self, dataset_size: int) -> tuple[int, int, int]:
+        """(images per rank per step, subdivisions, steps per epoch)."""
+        net, config, world = self.graph.net, self.config, self.ranks.world
+        batch = config.batch or opt.integer(net, "batch", 1)
+        parts = config.subdivisions or opt.integer(net, "subdivisions", 1)
+        if batch % (world * parts):
+            raise UsageError(f"batch {batch} does not split into {world} processes × {parts} subdivisions")
+        if dataset_size < batch:
+            raise UsageError(f"the training set has {dataset_size} images, fewer than one batch ({batch})")
+        return batch // world, parts, dataset_size // batch
+
+    def run(self, dataset: torch.utils.data.Dataset | None, on_epoch: Callable | None) -> TrainResult:
+        config = self.config
+        dataset = dataset if dataset is not None else _train_dataset(config, self.graph)
+        per_rank, parts, per_epoch = self._batching(len(dataset))  # type: ignore[arg-type]
+        total = per_epoch * config.epochs
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        self.schedule = learning_rate(self.graph, config, total)
+        output = Path(config.output)
+        if self.ranks.main:
+            output.mkdir(parents=True, exist_ok=True)
+        plots: list[Path] = []
+        state = self.state
+        while state.step < total:
+            record = self._epoch(dataset, per_rank, parts, per_epoch, total)
+            if self.ranks.main:
+                plots += self._epoch_outputs(record, output, final=state.step >= total, on_epoch=on_epoch)
+        return self._finish(output, plots)
+
+    def _loader(self, dataset: torch.utils.data.Dataset, per_rank: int) -> torch.utils.data.DataLoader:
+        from torch.utils.data.distributed import DistributedSampler
+
+        from .dataset import collate
+
+        sampler = DistributedSampler(
+            dataset, self.ranks.world, self.ranks.rank, shuffle=True, seed=self.config.seed, drop_last=True
+        )
+        sampler.set_epoch(self.state.epoch)
+        resumed = _Resumed(sampler, self.state.epoch_step * per_rank)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=per_rank,
+            sampler=resumed,
+            drop_last=True,
+            collate_fn=collate,
+            num_workers=self.config.workers,
+        )
+
+    def _epoch(self, dataset, per_rank: int, parts: int, per_epoch: int, total: int) -> EpochRecord:
+        state = self.state
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(state.epoch)
+        self.penalty.start_epoch(state.step / total)
+        self.net_model.train()
+        started = time.perf_counter()
+        sums = np.zeros(5)
+        count = 0
+        batches = self._loader(dataset, per_rank)
+        bar = self._progress(batches, per_epoch)
+        for images, targets, _ in bar:
+            if state.step >= total:
+                break
+            lr = self._step(images, targets, parts, state.step / total)
+            sums += self._last_parts
+            count += 1
+            state.step_losses.append(float(self._last_parts[0]))
+            state.step += 1
+            state.epoch_step += 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{self._last_parts[0]:.3f}", lr=f"{lr:.2e}")
+        if state.epoch_step >= per_epoch:
+            state.epoch += 1
+            state.epoch_step = 0
+        means = sums / max(1, count)
+        record = EpochRecord(
+            epoch=state.epoch if state.epoch_step == 0 else state.epoch + 1,
+            steps=state.step,
+            loss=float(means[0]),
+            box=float(means[1]),
+            obj=float(means[2]),
+            cls=float(means[3]),
+            distill=float(means[4]),
+            lr=self.schedule(max(0, state.step - 1)),
+            small_gamma=fraction_small(self.penalty.gammas()),
+            seconds=time.perf_counter() - started,
+        )
+        state.epochs.append(asdict(record))
+        return record
+
+    def _progress(self, batches, per_epoch: int):
+        if not (self.config.progress and self.ranks.main):
+            return batches
+        from tqdm import tqdm
+
+        epoch = self.state.epoch + 1
+        return tqdm(batches, desc=f"epoch {epoch}/{self.config.epochs}", leave=False, dynamic_ncols=True)
+
+    def _step(self, images: Tensor, targets: Tensor, parts: int, progress: float) -> float:
+        lr = self.schedule(self.state.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(5, device=self.device)
+        chunks = list(_micro_batches(images, targets, parts))
+        for k, (chunk, rows) in enumerate(chunks):
+            syncing = k == len(chunks) - 1 or not isinstance(
+                self.net_model, nn.parallel.DistributedDataParallel
+            )
+            with contextlib.nullcontext() if syncing else self.net_model.no_sync():
+                parts_now = self._forward(chunk.to(self.device), rows.to(self.device))
+                self.scaler.scale(parts_now[0] / len(chunks)).backward()
+            totals += torch.stack([p.detach() for p in parts_now]) / len(chunks)
+        self.scaler.unscale_(self.optimizer)
+        self.penalty.apply(progress)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._last_parts = self.ranks.mean(totals).cpu().double().numpy()
+        if not np.isfinite(self._last_parts[0]):
+            raise UsageError(
+                f"training diverged at step {self.state.step + 1} (loss {self._last_parts[0]}): "
+                "lower the learning rate (--lr) or lengthen the warm-up (--warmup)"
+            )
+        return lr
+
+    def _autocast(self):
+        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.config.amp)
+
+    def _forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
+        """(total, box, obj, cls, distill) of a micro-batch, the total with gradient."""
+        with self._autocast():
+            outputs = self.net_model(images, keep=self.loss.sources)
+        terms = self.loss(outputs, targets)
+        kd = terms.total.new_zeros(())
+        if self.teacher is not None and self.distiller is not None:
+            with torch.no_grad(), self._autocast():
+                taught = self.teacher(images, keep=self.teacher_sources)
+            kd = self.distiller(outputs, taught)
+        return terms.total + kd, terms.box, terms.obj, terms.cls, kd
+
+    # -- outputs --------------------------------------------------------------------------------------------
+    def _epoch_outputs(self, record: EpochRecord, output: Path, final: bool, on_epoch) -> list[Path]:
+        config = self.config
+        self.log(
+            f"epoch {record.epoch}: loss {record.loss:.4f} (box {record.box:.4f} obj {record.obj:.4f} "
+            f"cls {record.cls:.4f}"
+            + (f" distill {record.distill:.4f}" if self.teacher is not None else "")
+            + f"), lr {record.lr:.3g}, |γ|<0.01: {100 * record.small_gamma:.1f}%, {record.seconds:.1f}s"
+        )
+        plots = []
+        if config.gamma_plots and self.penalty.targets:
+            path = output / "gamma" / f"epoch_{record.epoch:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            plots.append(plot_gamma_histogram(self.penalty.gammas(), path, f"epoch {record.epoch}"))
+        if final or record.epoch % max(1, config.checkpoint_every) == 0:
+            self._save_checkpoint(output / "last.pt")
+        if on_epoch is not None:
+            store_darknet_weights(self.model, self.graph)
+            on_epoch(record, self.graph)
+        return plots
+
+    def _save_checkpoint(self, path: Path) -> None:
+        state = self.state
+        self.graph.weights_header = self._header()
+        extra = {
+            "train": {
+                "epoch": state.epoch,
+                "step": state.step,
+                "epoch_step": state.epoch_step,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "step_losses": list(state.step_losses),
+                "epochs": list(state.epochs),
+            }
+        }
+        save_checkpoint(self.model, path, extra)
+
+    def _header(self) -> WeightsHeader:
+        batch = self.config.batch or opt.integer(self.graph.net, "batch", 1)
+        seen = self.header.seen + batch * (self.state.step - self.start_step)
+        return WeightsHeader(self.header.major, self.header.minor, self.header.revision, seen)
+
+    def _finish(self, output: Path, plots: list[Path]) -> TrainResult:
+        store_darknet_weights(self.model, self.graph)
+        result = TrainResult(self.graph, list(self.state.step_losses), [], output, plots=plots)
+        result.epochs = [EpochRecord(**entry) for entry in self.state.epochs]
+        if not self.ranks.main:
+            return result
+        stem = Path(self.config.cfg).stem if self.config.cfg else "model"
+        self.graph.weights_header = self._header()
+        result.weights = output / f"{stem}.weights"
+        write_weights(self.graph, result.weights, self.graph.weights_header)
+        with atomic_output(output / f"{stem}.cfg", "w") as out:
+            out.write(cfg_text(self.graph))
+        result.checkpoint = output / "last.pt"
+        self._save_checkpoint(result.checkpoint)
+        with atomic_output(output / "history.json", "w") as out:
+            json.dump({"step_losses": result.step_losses, "epochs": self.state.epochs}, out, indent=1)
+        self.log(f"wrote {result.weights}, {result.checkpoint}")
+        return result

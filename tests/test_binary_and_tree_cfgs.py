@@ -220,3 +220,21 @@ def test_detect_refuses_a_tree_region_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "softmax tree; detect does not decode those" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@SHARED_MARK
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_yolo9000_tree_exports(backend: str, tmp_path: Path) -> None:
+    """The grouped softmax survives export (gathers, softmaxes and one inverse gather): ≤ 1e-4 of torch."""
+    pytest.importorskip(backend)
+    from cfgsurgeon.runtimes import make_runner
+
+    graph = collection("yolo9000.cfg")
+    graph.net.width = graph.net.height = 64
+    graph.infer()
+    random_weights(graph, seed=0)
+    graph.tree_file = str(synthetic_tree(tmp_path / "9k.tree", YOLO9000_CLASSES))
+    x = np.random.default_rng(1).random((1, *graph.input_shape), dtype=np.float32)
+    (ours,) = make_runner(graph, "torch")(x)
+    (theirs,) = make_runner(graph, backend)(x)
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(ours).max()

@@ -160,7 +160,7 @@ def test_mistakes_are_one_line_errors(tmp_path: Path, args: list[str], message: 
 
 
 @SHARED_MARK
-@pytest.mark.parametrize("target", [0.5, 0.8])
+@pytest.mark.parametrize("target", [0.5, pytest.param(0.8, marks=pytest.mark.slow)])
 def test_one_shot_unstructured(tmp_path: Path, target: float) -> None:
     cfg, weights = small_model(tmp_path)
     out = tmp_path / "out"
@@ -182,7 +182,9 @@ def test_one_shot_unstructured(tmp_path: Path, target: float) -> None:
 
 
 @SHARED_MARK
-@pytest.mark.parametrize("block", [(4, 4), (1, 16)], ids=["4x4", "1x16"])
+@pytest.mark.parametrize(
+    "block", [pytest.param((4, 4), id="4x4"), pytest.param((1, 16), id="1x16", marks=pytest.mark.slow)]
+)
 def test_one_shot_blocks(tmp_path: Path, block: tuple[int, int]) -> None:
     cfg, weights = small_model(tmp_path)
     out = tmp_path / "out"
@@ -252,11 +254,21 @@ def test_real_yolov3_tiny_one_shot(tmp_path: Path) -> None:
 # -- compression ---------------------------------------------------------------------------------------------
 
 
-@SHARED_MARK
-def test_gzip_of_sparse_files_is_smaller_and_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name", ["yolo-nano.cfg", pytest.param("yolov4-tiny.cfg", marks=[pytest.mark.slow, SHARED_MARK])]
+)
+def test_gzip_of_sparse_files_is_smaller_and_reported(tmp_path: Path, name: str) -> None:
     import gzip
 
-    cfg, weights = small_model(tmp_path)
+    from conftest import REPO_CFG_DIR
+
+    if name == "yolo-nano.cfg":
+        cfg, weights = REPO_CFG_DIR / name, tmp_path / "dense.weights"
+        graph = load_cfg(cfg, warn=quiet)
+        random_weights(graph, seed=0)
+        write_weights(graph, weights)
+    else:
+        cfg, weights = small_model(tmp_path, name)
     out = tmp_path / "out"
     stdout = run_cli(
         "sparsify", "--cfg", cfg, "--weights", weights, "--runs", "2", "--warmup", "0", "-o", out
@@ -267,7 +279,7 @@ def test_gzip_of_sparse_files_is_smaller_and_reported(tmp_path: Path) -> None:
         assert dense.stat().st_size == sparse.stat().st_size  # zeros are stored, not dropped
         ratio = len(gzip.compress(sparse.read_bytes())) / len(gzip.compress(dense.read_bytes()))
         assert ratio < 0.8, (sparse.name, ratio)
-        REPORT[f"gzip sparse/dense yolov4-tiny 50% {sparse.suffix}"] = f"{ratio:.3f}"
+        REPORT[f"gzip sparse/dense {name} 50% {sparse.suffix}"] = f"{ratio:.3f}"
     assert "sparse/dense gzipped" in stdout and "tflite CPU latency, sparse" in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["tflite"]["relative_error"] < 1e-4

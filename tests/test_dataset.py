@@ -239,11 +239,22 @@ def test_augment_settings_come_from_the_cfg():
     assert Augment.from_graph(graph) == Augment(jitter=0.3, hue=0.1, saturation=1.5, exposure=1.5, flip=True)
 
 
-def test_hsv_distortion_keeps_values_in_range_and_shifts_hue(tmp_path):
+def test_hsv_distortion_agrees_with_colorsys():
+    """darknet's distort_image: hue shifted with wrap-around, saturation and value scaled, clipped."""
+    import colorsys
+
     from cfgsurgeon.train.dataset import distort_hsv
 
     img = np.random.default_rng(0).random((3, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(distort_hsv(img, 0.0, 1.0, 1.0), img, atol=1e-6)  # identity
+    hue, sat, exp = 0.7, 1.4, 0.8
+    expected = np.empty_like(img)
+    for y in range(8):
+        for x in range(8):
+            h, s, v = colorsys.rgb_to_hsv(*img[:, y, x])
+            rgb = colorsys.hsv_to_rgb((h + hue) % 1, s * sat, v * exp)
+            expected[:, y, x] = np.clip(rgb, 0, 1)
+    np.testing.assert_allclose(distort_hsv(img, hue, sat, exp), expected, atol=1e-5)
     red = np.zeros((3, 1, 1), dtype=np.float32)
     red[0] = 1.0
     np.testing.assert_allclose(distort_hsv(red, 1 / 3, 1.0, 1.0)[:, 0, 0], [0, 1, 0], atol=1e-6)  # → green

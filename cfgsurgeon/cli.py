@@ -491,8 +491,10 @@ EXPORT_FORMATS = {
     type=click.Choice(sorted(EXPORT_FORMATS)),
     help="torch-source: one standalone .py (torch + numpy) defining the network as code, with a .weights "
     "loader; onnx: ONNX (opset 17) with the raw head tensors as outputs; openvino: OpenVINO IR .xml/.bin "
-    "converted from that ONNX graph; keras: a tf_keras functional model (.keras) from standard layers "
-    "where possible, for TF Model Optimization; tflite: TensorFlow Lite from that model (see --quantize).",
+    "converted from that ONNX graph; tf1: one standalone .py of TF1-style graph code (tensorflow + numpy) "
+    "whose `python OUT.py MODEL.weights MODEL.pb` writes the frozen graph; keras: a tf_keras functional "
+    "model (.keras) from standard layers where possible, for TF Model Optimization; tflite: TensorFlow Lite "
+    "from that model (see --quantize).",
 )
 @CFG
 @WEIGHTS
@@ -540,8 +542,9 @@ def export(
 ) -> None:
     """Export the network described by a cfg (and its weights) to another framework's form.
 
-    The exported models output the raw detection-head tensors; `detect --backend onnxruntime|openvino
-    --model FILE` decodes them into boxes exactly as for the torch backend.
+    The exported models output the raw detection-head tensors; `detect --backend
+    onnxruntime|openvino|tf1|keras|tflite --model FILE` decodes them into boxes exactly as for the torch
+    backend (for tf1, FILE is the frozen .pb that the generated .py writes).
     """
     suffix, needs_weights, writer = EXPORT_FORMATS[fmt]
     if output.suffix != suffix:
@@ -559,7 +562,12 @@ def export(
         "calibration": calibration,
         "num_calibration_images": num_calibration_images,
     }
-    note = writer(graph, output, options)
+    try:
+        note = writer(graph, output, options)
+    except ImportError as exc:
+        from .runtimes import install_hint
+
+        raise UsageError(f"--format {fmt} needs the package '{exc.name}': {install_hint(exc.name)}") from None
     click.echo(f"wrote {output} ({fmt}); {note}")
 
 

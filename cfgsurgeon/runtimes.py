@@ -14,17 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import layers as L
+from .emit.heads import INPUT_NAME, head_layers, output_names
 from .errors import UsageError
 from .ir import Graph
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
-HEAD_TYPES = (L.Yolo, L.Region, L.Detection)
-
-
-def head_layers(graph: Graph) -> list[L.Layer]:
-    """The layers whose outputs the runners return: the detection heads, or the last layer."""
-    return [layer for layer in graph.layers if isinstance(layer, HEAD_TYPES)] or [graph.layers[-1]]
 
 
 def _torch(graph: Graph, model: Path | None, threads: int | None) -> Runner:
@@ -50,7 +44,7 @@ def _torch(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 def _onnxruntime(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     import onnxruntime as ort
 
-    from .emit.onnx import INPUT_NAME, onnx_bytes
+    from .emit.onnx import onnx_bytes
 
     options = ort.SessionOptions()
     if threads:
@@ -96,7 +90,7 @@ def _tf1(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     import tensorflow as tf
 
-    from .emit.keras import load_keras, output_names, to_keras, traced_forward
+    from .emit.keras import load_keras, to_keras, traced_forward
 
     if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
         try:
@@ -105,7 +99,7 @@ def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
             message = "--threads: TensorFlow already started in this process with another thread count"
             raise UsageError(message) from None
     net = to_keras(graph) if model is None else load_keras(model)
-    expected = output_names(graph)  # the rule _check_outputs uses, without importing torch
+    expected = output_names(graph)
     if list(net.output_names) != expected:
         raise UsageError(
             f"{model or 'the exported model'} has outputs {list(net.output_names)}, but the cfg's heads are "
@@ -116,7 +110,6 @@ def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 
 
 def _tflite(graph: Graph, model: Path | None, threads: int | None) -> Runner:
-    from .emit.keras import output_names
     from .emit.tflite import TFLiteModel, tflite_bytes
 
     net = TFLiteModel(tflite_bytes(graph) if model is None else model, threads)
@@ -131,8 +124,6 @@ def _tflite(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 
 
 def _check_outputs(graph: Graph, names: list[str], model: Path | None) -> None:
-    from .emit.onnx import output_names
-
     expected = output_names(graph)
     if names != expected:
         raise UsageError(
@@ -172,10 +163,27 @@ def make_runner(
         return factory(graph, model, threads)
     except ImportError as exc:
         raise UsageError(
-            f"--backend {backend} needs the package '{exc.name}': pip install 'cfgsurgeon[{_extra(backend)}]'"
+            f"--backend {backend} needs the package '{exc.name}': {install_hint(exc.name)}"
         ) from None
 
 
-def _extra(backend: str) -> str:
-    extras = {"onnxruntime": "onnx", "openvino": "openvino,onnx", "tf1": "tf", "keras": "tf", "tflite": "tf"}
-    return extras.get(backend, backend)
+# The extra of setup.cfg that installs each framework module; tf-keras and TFMOT are no extras (they would
+# pull a second TensorFlow over tensorflow-cpu), see the README's Install section.
+_EXTRAS = {
+    "torch": "torch",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "openvino": "openvino",
+}
+_NO_DEPS = {"tf_keras": "tf-keras", "tensorflow_model_optimization": "tensorflow-model-optimization"}
+
+
+def install_hint(module: str | None) -> str:
+    """How to install the package that provides ``module`` (the name in an ImportError)."""
+    top = (module or "").split(".")[0]
+    if top in _NO_DEPS:
+        return f"pip install 'cfgsurgeon[tf]' && pip install --no-deps {_NO_DEPS[top]} (see the README)"
+    if top.startswith("tensorflow"):
+        return "pip install 'cfgsurgeon[tf]'"
+    return f"pip install 'cfgsurgeon[{_EXTRAS.get(top, 'torch,onnx,openvino,tf')}]'"

@@ -41,10 +41,9 @@ import tf_keras as keras
 from .. import layers as L
 from ..errors import CfgError, UsageError
 from ..ir import Graph
+from .heads import INPUT_NAME, head_layers, output_names
 
 BN_EPS = 1e-5  # darknet's normalize_cpu
-INPUT_NAME = "images"  # the same input name as the ONNX export
-HEADS = (L.Yolo, L.Region, L.Detection)  # as cfgsurgeon.emit.torch.HEADS (not imported: that needs torch)
 PACKAGE = "cfgsurgeon"  # prefix of the custom layers' registered names ("cfgsurgeon>Pool")
 
 KerasTensor = object  # what the functional API passes between layers
@@ -53,16 +52,6 @@ KerasTensor = object  # what the functional API passes between layers
 # to_keras builds a model whose weights it then loads (drawing ~60 M random numbers only to overwrite them
 # takes seconds).
 _KERNEL_INIT: contextvars.ContextVar[str] = contextvars.ContextVar("kernel_init", default="glorot_uniform")
-
-
-def head_layers(graph: Graph) -> list[L.Layer]:
-    """The layers whose outputs the model returns: the detection heads, or the last layer."""
-    return [layer for layer in graph.layers if isinstance(layer, HEADS)] or [graph.layers[-1]]
-
-
-def output_names(graph: Graph) -> list[str]:
-    """The model's output names, ``<kind>_<index>``: the rule of ``cfgsurgeon.emit.onnx.output_names``."""
-    return [f"{layer.kind}_{layer.index}" for layer in head_layers(graph)]
 
 
 def _name(layer: L.Layer, what: str) -> str:

@@ -13,16 +13,11 @@ from pathlib import Path
 
 from ..files import atomic_output
 from ..ir import Graph
+from .heads import INPUT_NAME, output_names
+
+__all__ = ["INPUT_NAME", "OPSET", "onnx_bytes", "output_names", "write_onnx"]
 
 OPSET = 17  # the newest opset the TorchScript exporter writes by default; onnxruntime and OpenVINO read it
-INPUT_NAME = "images"
-
-
-def output_names(graph: Graph) -> list[str]:
-    from .torch import HEADS
-
-    heads = [layer for layer in graph.layers if isinstance(layer, HEADS)] or [graph.layers[-1]]
-    return [f"{layer.kind}_{layer.index}" for layer in heads]
 
 
 def onnx_bytes(graph: Graph, dynamic_batch: bool = False) -> bytes:

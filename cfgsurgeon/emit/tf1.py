@@ -9,18 +9,21 @@ after it), ``load_darknet_weights(session, path)`` for darknet ``.weights`` file
 
 Layout: the input placeholder is NCHW (float32 ``N×C×H×W``, RGB in [0, 1], as for every other runtime) and is
 transposed once to NHWC, the layout TensorFlow's CPU kernels need; each output (named like
-:func:`cfgsurgeon.emit.onnx.output_names`, e.g. ``yolo_16``) is transposed back, so it equals the torch
+:func:`cfgsurgeon.emit.heads.output_names`, e.g. ``yolo_16``) is transposed back, so it equals the torch
 backend's head tensor. Darknet's OIHW filters become HWIO (depthwise: HW·C·multiplier) when loaded.
 
 It computes what :mod:`cfgsurgeon.emit.torch` computes: convolutions with explicit symmetric zero padding
 and ``VALID`` (TF's ``SAME`` pads stride-2 convolutions asymmetrically), darknet's pooling windows, route
-groups, weighted shortcuts of unequal widths, both reorg orders and raw [yolo] outputs before box decoding.
+groups, weighted shortcuts of unequal widths, both reorg orders, xnor/binary convolutions as darknet's
+detector test runs them (batch norm folded in, ±mean|w| filters, ±1 inputs, -1 padding in the bit-packed
+path), softmax trees (their group sizes written into the file) and raw [yolo] outputs before box decoding.
 :class:`TF1Emitter` is a visitor with one ``visit_<LayerClass>`` per layer type; darknet-specific operations
 become helper functions that are emitted only when a layer uses them.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import textwrap
 import types
@@ -31,11 +34,13 @@ from .. import layers as L
 from ..errors import CfgError, UsageError
 from ..files import atomic_output
 from ..ir import Graph
+from ..tree import has_tree, load_tree
+from .heads import INPUT_NAME, head_layers, output_names
 from .torch_source import _describe, _ident
 
+__all__ = ["TF1Emitter", "output_names", "tf1_runner", "tf1_source", "write_tf1"]
+
 BN_EPS = 1e-5  # darknet's normalize_cpu
-INPUT_NAME = "images"
-HEADS = (L.Yolo, L.Region, L.Detection)
 
 # -- helper functions of the generated file, emitted in this order when used --------------------------------
 
@@ -107,6 +112,19 @@ def antialiasing_blur(x, kind, strides):
     if pad:
         x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     return tf.nn.depthwise_conv2d(x, filters, strides=[1, *strides, 1], padding="VALID")
+''',
+    "binary_weights": '''
+def binary_weights(weights, bn=None, biases=None, depthwise=False):
+    """An xnor=1 / binary=1 convolution as darknet's detector test runs it: batch norm folded into the
+    weights (fuse_conv_batchnorm), then each filter binarised to +-mean|w| (w > 0 is +). Returns the
+    +-1 filters, each filter's mean|w| and the bias: conv(x, signs) * scale + bias."""
+    if bn is not None:  # w * scales / sqrt(var + eps), biases - scales * mean / sqrt(var + eps)
+        factor = bn["scales"] / tf.sqrt(bn["rolling_variance"] + BN_EPS)
+        weights = weights * (tf.reshape(factor, weights.shape[2:]) if depthwise else factor)
+        biases = bn["biases"] - factor * bn["rolling_mean"]
+    per_filter = [0, 1] if depthwise else [0, 1, 2]  # depthwise filters: (kh, kw, in, multiplier)
+    scale = tf.reshape(tf.reduce_mean(tf.abs(weights), axis=per_filter), [-1])
+    return tf.where(weights > 0, 1.0, -1.0), scale, biases
 ''',
     "local_avgpool_darknet": '''
 def local_avgpool_darknet(x, size, strides, pads):
@@ -204,6 +222,43 @@ def region_darknet(x, anchors, coords, classes, softmax):
     out = tf.concat([boxes[..., :coords], objectness, scores], axis=-1)
     return tf.reshape(out, [-1, 1, 1, h * w * anchors * entries])
 ''',
+    "grouped_softmax": '''
+def grouped_softmax(x, group_sizes, temperature=1.0):
+    """darknet's softmax tree over the last axis: a softmax of x / temperature within each run of
+    group_sizes (they tile the axis). Groups of one size are gathered into one (groups, size) block, so
+    there is one softmax per distinct size (YOLO9000: ~3k groups, a few dozen sizes)."""
+    starts, offset = {}, 0
+    for size in group_sizes:
+        if size:
+            starts.setdefault(size, []).append(offset)
+        offset += size
+    blocks = [np.add.outer(first, np.arange(size)) for size, first in sorted(starts.items())]
+    shape = [-1, *x.shape[1:]]
+    x = tf.reshape(x / temperature if temperature != 1 else x, [-1, offset])  # rows of the grouped axis
+    parts = [tf.reshape(tf.nn.softmax(tf.gather(x, block, axis=1)), [-1, block.size]) for block in blocks]
+    order = np.concatenate([block.ravel() for block in blocks])
+    return tf.reshape(tf.gather(tf.concat(parts, axis=1), np.argsort(order), axis=1), shape)
+''',
+    "region_tree_darknet": '''
+def region_tree_darknet(x, anchors, coords, classes, group_sizes):
+    """YOLOv2's [region] with tree=: logistic objectness and a softmax within each group of the tree, in
+    darknet's flat (h, w, anchor, entry) order; output (batch, 1, 1, h*w*anchors*(coords+1+classes))."""
+    _, h, w, _ = x.shape
+    entries = coords + 1 + classes
+    boxes = tf.reshape(x, [-1, h, w, anchors, entries])
+    objectness = tf.sigmoid(boxes[..., coords : coords + 1])
+    scores = grouped_softmax(boxes[..., coords + 1 :], group_sizes)
+    out = tf.concat([boxes[..., :coords], objectness, scores], axis=-1)
+    return tf.reshape(out, [-1, 1, 1, h * w * anchors * entries])
+''',
+    "softmax_tree_darknet": '''
+def softmax_tree_darknet(x, group_sizes, temperature):
+    """[softmax] with tree=: the tree's grouped softmax over the flat (C, H, W) input."""
+    _, h, w, c = x.shape
+    flat = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [-1, c * h * w])
+    y = tf.reshape(grouped_softmax(flat, group_sizes, temperature), [-1, c, h, w])
+    return tf.transpose(y, [0, 2, 3, 1])
+''',
     "detection_softmax": '''
 def detection_softmax(x, classes, side):
     """YOLOv1 [detection] with softmax=1: softmax over each cell's classes (the first block of the buffer,
@@ -240,7 +295,11 @@ def lrn_darknet(x, size, alpha, beta, kappa):
     return x * tf.pow(norms, -beta)
 ''',
 }
-_NEEDS = {"mish": ("softplus_darknet",)}
+_NEEDS = {
+    "mish": ("softplus_darknet",),
+    "region_tree_darknet": ("grouped_softmax",),
+    "softmax_tree_darknet": ("grouped_softmax",),
+}
 
 
 @dataclass
@@ -255,17 +314,17 @@ class LayerCode:
 class TF1Emitter:
     """Visitor over the IR: ``visit_<LayerClass>(layer, inputs)`` returns the layer's :class:`LayerCode`."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, tree: str | Path | None = None):
         self.graph = graph
+        self.tree = tree if tree is not None else graph.tree_file  # for tree= layers (see cfgsurgeon.tree)
         self.helpers: set[str] = set()
 
     # -- driving -------------------------------------------------------------------------------------------
     def emit(self) -> str:
         codes = [self.visit(layer) for layer in self.graph.layers]
-        heads = [layer for layer in self.graph.layers if isinstance(layer, HEADS)] or [self.graph.layers[-1]]
-        parts = [self._builder(codes, heads), self._weights_order(codes), _LOADER, _MAIN]
+        parts = [self._builder(codes), self._weights_order(codes), _LOADER, _MAIN]
         body = "\n".join([*self._helper_sources(), _COMMON, *parts])
-        return self._preamble(heads) + "\n" + body
+        return self._preamble() + "\n" + body
 
     def visit(self, layer: L.Layer) -> LayerCode:
         method = getattr(self, f"visit_{type(layer).__name__}", None)
@@ -291,64 +350,90 @@ class TF1Emitter:
 
     # -- layers with parameters ----------------------------------------------------------------------------
     def visit_Convolutional(self, layer: L.Convolutional, ins: list[str]) -> LayerCode:
-        if layer.xnor or layer.options.get("binary") == "1":
-            raise CfgError(
-                f"layer {layer.index} [{layer.header}] xnor/binary convolutions are not supported",
-                layer.where("xnor"),
-            )
-        _check_conv_geometry(layer)
+        binary = bool(layer.xnor or layer.binary)
+        if binary:
+            _check_binary_conv(layer)
+        else:
+            _check_conv_geometry(layer)
         i, shared = layer.index, layer.shares
         owner = f"l{i}" if shared is None else f"l{self.graph.index_of(shared)}"
         c, n, k = layer.in_shape[0], layer.filters, layer.size
-        groups, dil = layer.effective_groups, layer.effective_dilation
+        bit_packed = _xnor_bit_packed(layer)
+        groups, dil = layer.effective_groups, 1 if bit_packed else layer.effective_dilation
         sy, sx = (1, 1) if layer.antialiasing else layer.strides
         depthwise = groups == c and groups > 1 and (dil == 1 or (sy, sx) == (1, 1))
-        kernel = [k, k, c, n // c] if depthwise else [k, k, c // groups, n]
-        lines, tensors = [], {}
-        if shared is None:
-            if layer.batch_normalize:
-                lines.append(f"l{i}_bn = batch_norm_variables({n})")
-                tensors = {name: (f"l{i}_{_ident(layer.kind)}/{name}", "vector") for name in _BN_NAMES}
-            else:
-                lines.append(f'l{i}_biases = variable("biases", [{n}])')
-                tensors["biases"] = (f"l{i}_{_ident(layer.kind)}/biases", "vector")
-            lines.append(f'l{i}_weights = variable("weights", {kernel})')
-            tensors["weights"] = (f"l{i}_{_ident(layer.kind)}/weights", "oihw")
-        else:
-            lines.append(
-                f"# share_index: layer {self.graph.index_of(shared)}'s tensors, this layer's geometry"
-            )
-        x = ins[0]
+        lines, tensors = self._conv_variables(
+            layer, shared, [k, k, c, n // c] if depthwise else [k, k, c // groups, n]
+        )
+        x, filters = ins[0], f"{owner}_weights"
+        if binary:
+            lines += self._binarized(layer, owner, depthwise)
+            filters = f"l{i}_signs"
+            if layer.xnor:
+                lines.append(f"l{i} = tf.where({x} > 0, 1.0, -1.0)  # xnor: the input binarised too")
+                x = f"l{i}"
         pad = layer.effective_padding * dil
-        if pad:
+        if bit_packed and pad:
+            pads = _pads(pad, pad, pad, pad)
+            lines.append(f"l{i} = tf.pad({x}, {pads}, constant_values=-1.0)  # bit-packed GEMM: -1 bits")
+            x = f"l{i}"
+        elif pad:
             lines.append(f"l{i} = tf.pad({x}, {_pads(pad, pad, pad, pad)})  # symmetric zero padding")
             x = f"l{i}"
         if depthwise:
             dilations = f", dilations=[{dil}, {dil}]" if dil != 1 else ""
             call = (
-                f"tf.nn.depthwise_conv2d({x}, {owner}_weights, strides=[1, {sy}, {sx}, 1], "
+                f"tf.nn.depthwise_conv2d({x}, {filters}, strides=[1, {sy}, {sx}, 1], "
                 f'padding="VALID"{dilations})'
             )
         else:
             dilations = f", dilations=[1, {dil}, {dil}, 1]" if dil != 1 else ""
             strides = f"strides=[1, {sy}, {sx}, 1]"
-            call = f'tf.nn.conv2d({x}, {owner}_weights, {strides}, padding="VALID"{dilations})'
+            call = f'tf.nn.conv2d({x}, {filters}, {strides}, padding="VALID"{dilations})'
             if groups > 1:
                 lines.append(
                     f"# groups={groups}: TensorFlow infers them from the filters' depth {c // groups}"
                 )
         lines.append(f"l{i} = {call}")
-        if layer.batch_normalize:
+        if binary:
+            expr = f"l{i} * l{i}_scale + l{i}_bias"
+        elif layer.batch_normalize:
             expr = f"batch_norm(l{i}, {owner}_bn)"
         else:
             expr = f"tf.nn.bias_add(l{i}, {owner}_biases)"
-        lines.append(f"l{i} = {self.activation(layer.activation, expr)}")
+        lines.append(f"l{i} = {self.activation(_binary_conv_activation(layer), expr)}")
         if layer.antialiasing:
             strides = layer.strides
             lines.append(
                 f"l{i} = {self.use('antialiasing_blur')}(l{i}, {layer.antialiasing}, {list(strides)})"
             )
         return LayerCode(lines, tensors)
+
+    def _conv_variables(
+        self, layer: L.Convolutional, shared: L.Layer | None, kernel: list[int]
+    ) -> tuple[list[str], dict[str, tuple[str, str]]]:
+        """The layer's own variables (none with share_index: it uses the shared layer's)."""
+        i, n, scope = layer.index, layer.filters, f"l{layer.index}_{_ident(layer.kind)}"
+        if shared is not None:
+            return [
+                f"# share_index: layer {self.graph.index_of(shared)}'s tensors, this layer's geometry"
+            ], {}
+        if layer.batch_normalize:
+            lines = [f"l{i}_bn = batch_norm_variables({n})"]
+            tensors = {name: (f"{scope}/{name}", "vector") for name in _BN_NAMES}
+        else:
+            lines = [f'l{i}_biases = variable("biases", [{n}])']
+            tensors = {"biases": (f"{scope}/biases", "vector")}
+        lines.append(f'l{i}_weights = variable("weights", {kernel})')
+        tensors["weights"] = (f"{scope}/weights", "oihw")
+        return lines, tensors
+
+    def _binarized(self, layer: L.Convolutional, owner: str, depthwise: bool) -> list[str]:
+        i = layer.index
+        norm = f"bn={owner}_bn" if layer.batch_normalize else f"biases={owner}_biases"
+        call = f"{self.use('binary_weights')}({owner}_weights, {norm}, depthwise={depthwise})"
+        kind = "xnor=1" if layer.xnor else "binary=1"
+        return [f"l{i}_signs, l{i}_scale, l{i}_bias = {call}  # {kind}"]
 
     def visit_Connected(self, layer: L.Connected, ins: list[str]) -> LayerCode:
         i, n, scope = layer.index, layer.output, f"l{layer.index}_{_ident(layer.kind)}"
@@ -483,12 +568,14 @@ class TF1Emitter:
     visit_GaussianYolo = visit_Yolo
 
     def visit_Region(self, layer: L.Region, ins: list[str]) -> LayerCode:
-        if layer.options.get("tree"):
-            raise CfgError(
-                f"layer {layer.index} [region] with a softmax tree is not supported", layer.where("tree")
-            )
-        args = f"{ins[0]}, {layer.num}, {layer.coords}, {layer.classes}, softmax={bool(layer.softmax)}"
-        return LayerCode([f"l{layer.index} = {self.use('region_darknet')}({args})"])
+        args = f"{ins[0]}, {layer.num}, {layer.coords}, {layer.classes}"
+        if not has_tree(layer):
+            args += f", softmax={bool(layer.softmax)}"
+            return LayerCode([f"l{layer.index} = {self.use('region_darknet')}({args})"])
+        lines = self._tree_groups(layer, layer.classes)  # first: a missing tree file is the first error
+        _check_region_tree(layer)
+        call = f"{self.use('region_tree_darknet')}({args}, l{layer.index}_tree)"
+        return LayerCode([*lines, f"l{layer.index} = {call}"])
 
     def visit_Detection(self, layer: L.Detection, ins: list[str]) -> LayerCode:
         if layer.options.get("softmax") != "1":
@@ -497,8 +584,20 @@ class TF1Emitter:
         return LayerCode([f"l{layer.index} = {self.use('detection_softmax')}({ins[0]}, {classes}, {side})"])
 
     def visit_Softmax(self, layer: L.Softmax, ins: list[str]) -> LayerCode:
+        if has_tree(layer):
+            lines = self._tree_groups(layer, math.prod(layer.in_shape))
+            args = f"{ins[0]}, l{layer.index}_tree, {layer.temperature!r}"
+            return LayerCode([*lines, f"l{layer.index} = {self.use('softmax_tree_darknet')}({args})"])
         args = f"{ins[0]}, {layer.groups}, {layer.temperature!r}"
         return LayerCode([f"l{layer.index} = {self.use('softmax_darknet')}({args})"])
+
+    def _tree_groups(self, layer: L.Layer, entries: int) -> list[str]:
+        """``l<i>_tree``: the group sizes of the layer's softmax tree, written into the file (no tree file is
+        needed when it runs)."""
+        tree = load_tree(layer, entries, self.tree)
+        sizes = ", ".join(map(str, tree.group_sizes))
+        comment = f"# softmax groups of {tree.path.name}: sizes of its runs of siblings, in file order"
+        return [comment, *_wrapped(f"l{layer.index}_tree = [", sizes, "]")]
 
     def visit_Activation(self, layer: L.Activation, ins: list[str]) -> LayerCode:
         return LayerCode([f"l{layer.index} = {self.activation(layer.activation, ins[0])}"])
@@ -520,12 +619,12 @@ class TF1Emitter:
     visit_Dropout = visit_Empty = visit_Cost = visit_Contrastive = _identity
 
     # -- the file's parts ----------------------------------------------------------------------------------
-    def _preamble(self, heads: list[L.Layer]) -> str:
+    def _preamble(self) -> str:
         from .. import __version__
 
         graph = self.graph
         c, h, w = graph.input_shape
-        names = ", ".join(f'"{name}"' for name in head_names(heads))
+        names = ", ".join(f'"{name}"' for name in output_names(graph))
         return _PREAMBLE.format(
             source=Path(graph.source).name,
             layers=len(graph.layers),
@@ -540,7 +639,7 @@ class TF1Emitter:
     def _helper_sources(self) -> list[str]:
         return [source for name, source in _HELPERS.items() if name in self.helpers]
 
-    def _builder(self, codes: list[LayerCode], heads: list[L.Layer]) -> str:
+    def _builder(self, codes: list[LayerCode]) -> str:
         c, h, w = self.graph.input_shape
         lines = [
             "",
@@ -556,7 +655,7 @@ class TF1Emitter:
             lines.append(f'    with tf1.variable_scope("l{layer.index}_{_ident(layer.kind)}"):')
             lines += [f"        {line}" for line in code.lines]
         lines += ["", "    # the outputs, back in NCHW: the torch backend's head tensors", "    outputs = ["]
-        for layer, name in zip(heads, head_names(heads), strict=True):
+        for layer, name in zip(head_layers(self.graph), output_names(self.graph), strict=True):
             lines.append(f'        tf.transpose(l{layer.index}, [0, 3, 1, 2], name="{name}"),')
         lines += ["    ]", "    return images, outputs", ""]
         return "\n".join(lines)
@@ -577,16 +676,6 @@ class TF1Emitter:
 
 
 _BN_NAMES = ("biases", "scales", "rolling_mean", "rolling_variance")
-
-
-def head_names(heads: list[L.Layer]) -> list[str]:
-    """Output names, as :func:`cfgsurgeon.emit.onnx.output_names` (without importing torch)."""
-    return [f"{layer.kind}_{layer.index}" for layer in heads]
-
-
-def output_names(graph: Graph) -> list[str]:
-    heads = [layer for layer in graph.layers if isinstance(layer, HEADS)] or [graph.layers[-1]]
-    return head_names(heads)
 
 
 def _pads(top: int, bottom: int, left: int, right: int) -> str:
@@ -641,6 +730,55 @@ def _check_conv_geometry(layer: L.Convolutional) -> None:
         )
 
 
+def _xnor_bit_packed(layer: L.Convolutional) -> bool:
+    """Whether darknet runs this conv through its bit-packed xnor GEMM (-1 padding, no dilation): as
+    ``cfgsurgeon.emit.torch.xnor_bit_packed``."""
+    return bool(layer.xnor) and layer.strides[0] == layer.strides[1]
+
+
+def _binary_conv_activation(layer: L.Convolutional) -> str:
+    """``bin_output=1`` makes an xnor layer's activation linear (darknet's calculate_binary_weights)."""
+    return "linear" if layer.xnor and layer.options.get("bin_output") == "1" else layer.activation
+
+
+def _check_binary_conv(layer: L.Convolutional) -> None:
+    """What the torch backend refuses for xnor layers (same messages): darknet's bit-packed xnor GEMM skips
+    the antialiasing blur, and with input channels not a multiple of 32 it has code only for 'same'
+    windows at stride 1, padding 1."""
+    if not layer.xnor:
+        _check_conv_geometry(layer)
+        return
+    if layer.antialiasing:
+        raise CfgError(
+            f"layer {layer.index} [{layer.header}] xnor=1 with antialiasing: darknet's xnor path skips the "
+            "blur (undefined result)",
+            layer.where("antialiasing"),
+        )
+    (c, h, w), (sy, sx) = layer.in_shape, layer.strides
+    if sy != sx:
+        _check_conv_geometry(layer)
+        return
+    pad = layer.effective_padding
+    same = layer.conv_output() == (h, w) and sx == 1 and pad == 1
+    if c % 32 and not same:
+        raise CfgError(
+            f"layer {layer.index} [{layer.header}] xnor=1 with {c} input channels (not a multiple of 32) "
+            f"and a {layer.size}x{layer.size}/{sx} window with padding {pad}: darknet's CPU xnor code "
+            "handles only stride 1, padding 1, same-size output there (undefined result)",
+            layer.where("xnor"),
+        )
+
+
+def _check_region_tree(layer: L.Region) -> None:
+    """As the torch backend: darknet's tree softmax starts at entry 5 of each box whatever coords is."""
+    if layer.coords != 4:
+        raise CfgError(
+            f"layer {layer.index} [region] tree= with coords={layer.coords}: darknet applies the tree "
+            "at entry 5 of each box whatever coords is (undefined result); use coords=4",
+            layer.where("tree"),
+        )
+
+
 def _wrapped(head: str, inner: str, tail: str, indent: str = "        ") -> list[str]:
     """``head + inner + tail`` if it fits in 110 columns (after ``indent``), else ``inner`` filled on its own
     lines between (relative to the block's indentation)."""
@@ -650,13 +788,14 @@ def _wrapped(head: str, inner: str, tail: str, indent: str = "        ") -> list
     return [head, *(f"    {line}" for line in filled), tail.lstrip()]
 
 
-def tf1_source(graph: Graph) -> str:
-    """The standalone TF1-style source of ``graph`` (it reads a ``.weights`` file at run time)."""
-    return TF1Emitter(graph).emit()
+def tf1_source(graph: Graph, tree: str | Path | None = None) -> str:
+    """The standalone TF1-style source of ``graph`` (it reads a ``.weights`` file at run time). ``tree``: the
+    softmax-tree file for ``tree=`` layers, as in :func:`cfgsurgeon.emit.torch.to_torch`."""
+    return TF1Emitter(graph, tree).emit()
 
 
-def write_tf1(graph: Graph, path: str | Path) -> None:
-    text = tf1_source(graph)  # before opening the output: an unsupported layer leaves no file behind
+def write_tf1(graph: Graph, path: str | Path, tree: str | Path | None = None) -> None:
+    text = tf1_source(graph, tree)  # before opening the output: an unsupported layer leaves no file behind
     with atomic_output(path, "w") as out:
         out.write(text)
 

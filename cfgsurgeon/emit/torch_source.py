@@ -24,6 +24,7 @@ from ..errors import CfgError
 from ..files import atomic_output
 from ..ir import Graph
 from ..tree import has_tree, load_tree
+from .heads import HEAD_TYPES
 
 BN_EPS = 1e-5  # darknet's normalize_cpu; the same value as cfgsurgeon.emit.torch
 
@@ -344,7 +345,7 @@ class TorchSourceEmitter:
     # -- driving -------------------------------------------------------------------------------------------
     def emit(self) -> str:
         codes = [self.visit(layer) for layer in self.graph.layers]
-        heads = [i for i, layer in enumerate(self.graph.layers) if isinstance(layer, _HEADS)]
+        heads = [i for i, layer in enumerate(self.graph.layers) if isinstance(layer, HEAD_TYPES)]
         heads = heads or [len(self.graph.layers) - 1]
         parts = [self._model_class(codes, heads), self._weights_order(codes), _LOADER, _MAIN]
         body = "\n".join([*self._helper_sources(), *parts])
@@ -654,9 +655,6 @@ class TorchSourceEmitter:
                 lines.append("    " + " ".join(f'"{name}",' for name in row))
         lines.append("]")
         return "\n".join(lines) + "\n"
-
-
-_HEADS = (L.Yolo, L.Region, L.Detection)
 
 
 def _bit_packed(layer: L.Convolutional) -> bool:

@@ -134,6 +134,13 @@ def write_weights(graph: Graph, path: str | Path, header: WeightsHeader | None =
     return written
 
 
+def stored_floats(graph: Graph, header: WeightsHeader | None = None) -> np.ndarray:
+    """What :func:`write_weights` writes after the header, as one float32 array (for in-memory exports)."""
+    header = header or graph.weights_header or WeightsHeader()
+    tensors = [array.ravel() for layer in graph.layers for array in _stored_tensors(layer, header)]
+    return np.concatenate(tensors).astype(FLOAT, copy=False) if tensors else np.zeros(0, FLOAT)
+
+
 def _stored_tensors(layer: Layer, header: WeightsHeader) -> Iterator[np.ndarray]:
     layout = stored_layout(layer, header)
     if not layout:

@@ -24,7 +24,6 @@ become helper functions that are emitted only when a layer uses them.
 from __future__ import annotations
 
 import math
-import tempfile
 import textwrap
 import types
 from dataclasses import dataclass, field
@@ -811,23 +810,21 @@ def load_module(source: str, name: str = "cfgsurgeon_tf1_generated") -> types.Mo
 
 
 def frozen_graph_def(graph: Graph):
-    """Generate the file for ``graph`` (weights loaded) and run its ``export`` in this process: the frozen
-    GraphDef that its ``main`` would write to a ``.pb``."""
+    """Generate the file for ``graph`` (weights loaded) and run its ``export`` in this process on the
+    graph's tensors: the frozen GraphDef that its ``main`` would write to a ``.pb``."""
     import tensorflow as tf
 
-    from ..weights import write_weights
+    from ..weights import WeightsHeader, stored_floats
 
     module = load_module(tf1_source(graph))
+    floats = stored_floats(graph, WeightsHeader())  # the default header: connected weights not transposed
     logger = tf.get_logger()
     level = logger.level
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "model.weights"
-        write_weights(graph, weights)
-        logger.setLevel("ERROR")  # TF1 deprecation notes
-        try:
-            return module.export(str(weights))
-        finally:
-            logger.setLevel(level)
+    logger.setLevel("ERROR")  # TF1 deprecation notes
+    try:
+        return module.export(floats)
+    finally:
+        logger.setLevel(level)
 
 
 def tf1_runner(graph: Graph, model: Path | None = None, threads: int | None = None):
@@ -947,7 +944,12 @@ def load_darknet_weights(session, path):
     needed = sum(int(np.prod(shape)) for _, shape, _ in DARKNET_ORDER)
     if len(data) != header + 4 * needed:
         raise ValueError(f"{path}: {len(data)} bytes, this network needs {header + 4 * needed}")
-    floats = np.frombuffer(data, dtype="<f4", offset=header)
+    assign_darknet_weights(session, np.frombuffer(data, dtype="<f4", offset=header), transposed)
+    return major, minor, revision, seen
+
+
+def assign_darknet_weights(session, floats, transposed=False):
+    """Set the variables from the float32 tensors of a .weights file (all of DARKNET_ORDER, in order)."""
     variables = {v.op.name: v for v in session.graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)}
     feeds, offset = {}, 0
     for name, shape, layout in DARKNET_ORDER:
@@ -960,8 +962,9 @@ def load_darknet_weights(session, path):
             values = values.reshape(shape[::-1]) if transposed else values.reshape(shape).T
         target = variables[name]
         feeds[target.initial_value] = values.reshape(target.shape)
+    if offset != len(floats):
+        raise ValueError(f"{len(floats)} floats given, this network needs {offset}")
     session.run([variables[name].initializer for name, _, _ in DARKNET_ORDER], feeds)
-    return major, minor, revision, seen
 
 
 def freeze(session):
@@ -971,11 +974,15 @@ def freeze(session):
 
 
 def export(weights):
-    """Build the network in a new graph, load the .weights file and return the frozen GraphDef."""
+    """Build the network in a new graph, load the weights (a .weights file, or the float32 tensors that
+    follow its header) and return the frozen GraphDef."""
     with tf.Graph().as_default():
         build_network()
         with tf1.Session() as session:
-            load_darknet_weights(session, weights)
+            if isinstance(weights, np.ndarray):
+                assign_darknet_weights(session, weights)
+            else:
+                load_darknet_weights(session, weights)
             return freeze(session)
 
 

@@ -207,12 +207,12 @@ def _consumed_constant(
 ) -> np.ndarray:
     """``Σ w · constant`` over the removed input channels, for each ``kept`` filter (interior of the feature
     map): tap sums of every (filter, input) pair times the input's constant (0 for a kept input), summed
-    over the full input width in float64.
+    over the input width in float64.
 
-    Only the removed inputs' taps are summed, the costly part; the kept inputs' products are left 0, which
-    is what ``tap sum · 0`` gives and changes no total (an all-zero total is +0.0 either way: numpy's sum
-    starts from +0.0), unless a kept tap (``kept_taps``) is inf or NaN: then every tap is summed, as the
-    formula is written. So are 1×1 kernels', whose taps cost less to sum than their products to place.
+    Only the removed inputs' taps are summed, the costly part; the kept inputs' products are left out, as
+    ``tap sum · 0`` adds nothing (an all-zero total is made +0.0 as a full-width sum gives), unless a kept
+    tap (``kept_taps``) is inf or NaN: then every tap is summed, as the formula is written. So are 1×1
+    kernels', whose taps cost less to sum than their products to place.
     """
     n, per_in = w.shape[:2]
     if keep.all():
@@ -221,18 +221,16 @@ def _consumed_constant(
     inputs = np.arange(per_in)
     if w[0, 0].size > 1 and _all_finite(kept_taps):
         inputs = np.flatnonzero(~keep[:per_in])
-    tap_sums = _take_taps(w, kept, inputs).sum(axis=(2, 3), dtype=np.float64)
+    taps = _take_taps(w, kept, inputs).reshape(len(kept), len(inputs), -1)
+    tap_sums = np.einsum("fit->fi", taps, dtype=np.float64)  # float64 sums, faster than .sum(axis=(2, 3))
     factor = constant[0, inputs] if groups == 1 else constant[kept // (n // groups)][:, inputs]
-    if len(inputs) == per_in:
-        return (tap_sums * factor).sum(axis=1)
-    products = np.zeros((len(kept), per_in))
-    at = np.arange(len(kept))[:, None] * per_in + inputs  # products[:, inputs] as flat indices: faster
-    products.reshape(-1)[at.ravel()] = (tap_sums * factor).ravel()
-    return products.sum(axis=1)
+    # not a BLAS product, which may skip a 0 factor (inf · 0 is NaN); + 0.0: a -0.0 total becomes +0.0
+    return (tap_sums * factor).sum(axis=1) + 0.0
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))  # min/max propagate NaN
+    flat = a.reshape(-1)  # a sum of squares is inf or NaN if any value is (or on overflow: then a needless
+    return bool(np.isfinite(np.dot(flat, flat)))  # full sum, still right); one BLAS pass, not min + max
 
 
 def _slice_connected(new: L.Connected, old: L.Connected, in_keep, out_keep, in_values) -> None:

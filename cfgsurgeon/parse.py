@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -46,11 +47,17 @@ class Section:
     options: list[Option] = field(default_factory=list)
 
 
+# the file name and the warnings of the parse under way: the transformer runs inside the one cached parser
+_PARSING: ContextVar[tuple[str, list[str]]] = ContextVar("parsing")
+
+
 class _ToSections(Transformer):
-    def __init__(self, filename: str, warn: Warn):
-        super().__init__()
-        self.filename = filename
-        self.warn = warn
+    @property
+    def filename(self) -> str:
+        return _PARSING.get()[0]
+
+    def warn(self, message: str) -> None:
+        _PARSING.get()[1].append(message)  # told once the whole file parses, as before a syntax error
 
     def start(self, sections: list[Section]) -> list[Section]:
         return sections
@@ -88,7 +95,13 @@ class _ToSections(Transformer):
 
 @cache
 def _parser() -> Lark:
-    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=False, maybe_placeholders=False)
+    return Lark(  # the transformer inline: sections as rules reduce, no parse tree built then walked
+        GRAMMAR.read_text(),
+        parser="lalr",
+        propagate_positions=False,
+        maybe_placeholders=False,
+        transformer=_ToSections(),
+    )
 
 
 def parse_text(text: str, filename: str = "<string>", warn: Warn = print) -> list[Section]:
@@ -99,11 +112,17 @@ def parse_text(text: str, filename: str = "<string>", warn: Warn = print) -> lis
     text = text.removeprefix("\ufeff")
     if not text.endswith("\n"):
         text += "\n"
+    warnings: list[str] = []
+    parsing = _PARSING.set((filename, warnings))
     try:
-        tree = _parser().parse(text)
+        sections = _parser().parse(text)
     except UnexpectedInput as exc:
         raise CfgSyntaxError(_describe(exc, text), Location(filename, exc.line, exc.column)) from None
-    return _ToSections(filename, warn).transform(tree)
+    finally:
+        _PARSING.reset(parsing)
+    for message in warnings:
+        warn(message)
+    return sections
 
 
 def parse_file(path: str | Path, warn: Warn = print) -> list[Section]:

@@ -211,15 +211,14 @@ def _consumed_constant(
 
     Only the removed inputs' taps are summed, the costly part; the kept inputs' products are left out, as
     ``tap sum · 0`` adds nothing (an all-zero total is made +0.0 as a full-width sum gives), unless a kept
-    tap (``kept_taps``) is inf or NaN: then every tap is summed, as the formula is written. So are 1×1
-    kernels', whose taps cost less to sum than their products to place.
+    tap (``kept_taps``) is inf or NaN: then every tap is summed, as the formula is written.
     """
     n, per_in = w.shape[:2]
     if keep.all():
         return np.zeros(len(kept))
     constant = np.where(keep, 0.0, np.nan_to_num(values, nan=0.0)).reshape(groups, per_in)  # each group's
     inputs = np.arange(per_in)
-    if w[0, 0].size > 1 and _all_finite(kept_taps):
+    if _all_finite(kept_taps):
         inputs = np.flatnonzero(~keep[:per_in])
     taps = _take_taps(w, kept, inputs).reshape(len(kept), len(inputs), -1)
     tap_sums = np.einsum("fit->fi", taps, dtype=np.float64)  # float64 sums, faster than .sum(axis=(2, 3))

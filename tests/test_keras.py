@@ -1,7 +1,8 @@
 """The Keras backend (``cfgsurgeon.emit.keras``) against the torch backend, which the other test files check
 against darknet's semantics (numpy references, OpenCV, darknet's own detections).
 
-* every layer type and the options that change its semantics, on small odd-sized cfgs;
+* every layer type and the options that change its semantics, on small odd-sized cfgs (xnor / binary
+  convolutions and softmax trees included);
 * every detection cfg of the collection the torch backend supports, at a small input, with well-conditioned
   random weights (a representative set in the default run, the rest ``slow``), plus slim-pruned yolov4-tiny
   and yolov4 from the pruning engine, and the real yolov3-tiny at 416×416;
@@ -21,11 +22,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import CFG_DIR, REPORT, SHARED_MARK, ZOO, quiet
+from test_binary_and_tree_cfgs import synthetic_tree
 
 from cfgsurgeon import CfgError, UsageError, load_cfg, loads_cfg, read_weights, write_weights
 from cfgsurgeon.ir import Graph
 from cfgsurgeon.layers import ACTIVATIONS
 from cfgsurgeon.randinit import random_weights
+from cfgsurgeon.tree import has_tree
 
 keras = pytest.importorskip("tf_keras")
 
@@ -89,6 +92,14 @@ def collection(name: str, size: int | None) -> Graph:
     return graph
 
 
+def with_synthetic_tree(graph: Graph, folder: Path) -> Graph:
+    """yolo9000: its 9k.tree is not part of the collection; a synthetic one of the same size."""
+    trees = [layer for layer in graph.layers if has_tree(layer)]
+    if trees:
+        graph.tree_file = str(synthetic_tree(folder / "9k.tree", trees[0].classes))
+    return graph
+
+
 # -- layer types ---------------------------------------------------------------------------------------------
 
 CONV = "[convolutional]\n"
@@ -114,6 +125,26 @@ CASES = {
     + "filters=6\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n\n"
     + CONV
     + "filters=6\nsize=3\npad=1\ndilation=2\nshare_index=-1\nbatch_normalize=1\nactivation=leaky",
+    # xnor / binary convolutions (batch norm folded in, ±mean|w| filters; xnor: ±1 input, −1 padding where
+    # darknet's bit-packed GEMM runs, i.e. equal strides)
+    "conv xnor": STEM + CONV + "filters=5\nsize=3\npad=1\nxnor=1\nbatch_normalize=1\nactivation=leaky",
+    "conv xnor bin_output": CONV + "filters=4\nsize=3\npad=1\nxnor=1\nbin_output=1\nactivation=leaky",
+    "conv xnor 32 stride 2": CONV
+    + "filters=32\nsize=1\nactivation=leaky\n\n"
+    + CONV
+    + "filters=5\nsize=3\npad=1\nstride=2\nxnor=1\nbatch_normalize=1\nactivation=relu",
+    "conv xnor unequal strides": CONV
+    + "filters=32\nsize=1\nactivation=leaky\n\n"
+    + CONV
+    + "filters=4\nsize=3\npad=1\nstride_x=2\nstride_y=1\nxnor=1\nactivation=leaky",
+    "conv binary stride 2": CONV + "filters=4\nsize=3\npad=1\nstride=2\nbinary=1\nactivation=relu",
+    "conv binary depthwise dilation": STEM
+    + CONV
+    + "filters=12\nsize=3\npad=1\ngroups=6\ndilation=2\nbinary=1\nbatch_normalize=1\nactivation=leaky",
+    "conv binary dilation 3 stride 2": CONV + "filters=4\nsize=3\npad=1\nstride=2\ndilation=3\nbinary=1",
+    "conv binary groups antialiasing": STEM
+    + CONV
+    + "filters=9\nsize=3\npad=1\ngroups=3\nstride=2\nantialiasing=1\nbinary=1\nbatch_normalize=1",
     "connected": "[connected]\noutput=7\nactivation=leaky",
     "connected bn": STEM + "[connected]\noutput=5\nbatch_normalize=1\nactivation=linear",
     "batchnorm": "[batchnorm]",
@@ -223,10 +254,79 @@ def test_standard_layers_where_they_exist() -> None:
     assert model.get_layer("l1_pad").padding == ((1, 1), (1, 1))  # symmetric, as darknet pads stride 2
 
 
-def test_unsupported_layer_is_named() -> None:
-    graph = small(net(3, 8, 8) + CONV + "filters=2\nsize=3\npad=1\n\n" + CONV + "filters=2\nsize=3\nxnor=1\n")
-    with pytest.raises(CfgError, match=r"layer 1 \[convolutional\] xnor/binary"):
+# softmax trees: a 5-node tree (groups of 2 and 3) over a [region]'s classes, an 80-node one (groups of 4,
+# 8 and 4) over a [softmax]'s 4×4×5 values
+TREES = {
+    "region tree": (
+        CONV + "filters=20\nsize=1\nactivation=linear\n\n[region]\nclasses=5\nnum=2\ncoords=4\n"
+        "softmax=1\nanchors=1,1,2,2\ntree=t.tree",
+        "a\nb\nc 0\nd 0\ne 0\n",
+    ),
+    "softmax tree temperature": (
+        CONV + "filters=5\nsize=1\nstride=2\n\n[softmax]\ntemperature=2.0\ntree=t.tree",
+        "".join(f"n{k} {-1 if k < 4 else (k - 4) // 8}\n" for k in range(80)),
+    ),
+}
+
+
+def tree_graph(name: str, folder: Path) -> Graph:
+    text, tree = TREES[name]
+    graph = small(net(3, 7, 7) + text + "\n")
+    graph.tree_file = str(folder / "t.tree")
+    Path(graph.tree_file).write_text(tree)
+    return graph
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_softmax_tree_matches_torch(name: str, tmp_path: Path) -> None:
+    compare(tree_graph(name, tmp_path), None)
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_softmax_tree_reloads_from_keras_file(name: str, tmp_path: Path) -> None:
+    """The group sizes are part of the layer's config: the reloaded model needs no tree file."""
+    graph = tree_graph(name, tmp_path)
+    model = K.write_keras(graph, tmp_path / "model.keras")
+    Path(graph.tree_file).unlink()
+    reloaded = K.load_keras(tmp_path / "model.keras")
+    x = random_input(graph)
+    for ours, theirs in zip(K.run_keras(reloaded, x), K.run_keras(model, x), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+XNOR_AFTER_32 = net(3, 8, 8) + CONV + "filters=32\nsize=3\npad=1\n\n"
+REGION_TREE = CONV + "filters=10\nsize=1\n\n[region]\nnum=1\ncoords=4\nclasses=5\nanchors=1,1\ntree=t.tree"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (XNOR_AFTER_32 + CONV + "filters=8\nsize=3\npad=1\nstride=2\nxnor=1\nantialiasing=1", "antialiasing"),
+        (net(3, 8, 8) + CONV + "filters=8\nsize=3\npad=1\nstride=2\nxnor=1", "not a multiple of 32"),
+        (net(3, 8, 8) + REGION_TREE, "t.tree: file not found"),
+        (
+            net(3, 8, 8) + REGION_TREE.replace("coords=4", "coords=2").replace("=10", "=8"),
+            "tree= with coords=2",
+        ),
+    ],
+    ids=["xnor-antialiasing", "xnor-narrow-strided", "tree-file-missing", "tree-coords"],
+)
+def test_undefined_layers_are_refused_like_torch(text: str, message: str, tmp_path: Path) -> None:
+    """What darknet leaves undefined (xnor paths it has no code for) or cannot find (the tree file):
+    one-line errors, the torch backend's."""
+    torch = pytest.importorskip("torch")
+    from cfgsurgeon.emit.torch import to_torch
+
+    graph = small(text + "\n")
+    if "coords=2" in text:  # a tree that fits, so that the coords rule is the one that refuses
+        graph.tree_file = str(tmp_path / "t.tree")
+        Path(graph.tree_file).write_text("a\nb\nc 0\nd 0\ne 0\n")
+    with pytest.raises(CfgError) as ours:
         K.to_keras(graph)
+    with pytest.raises(CfgError) as backend, torch.device("meta"):
+        to_torch(graph)
+    assert message in str(ours.value) and "\n" not in str(ours.value)
+    assert str(ours.value) == str(backend.value)
 
 
 def test_missing_weights_are_named() -> None:
@@ -238,8 +338,8 @@ def test_missing_weights_are_named() -> None:
 
 # -- the collection ------------------------------------------------------------------------------------------
 
-# name → input size: every detection cfg of the collection that the torch backend supports (the xnor ones
-# and yolo9000's softmax tree are refused by both). The first block is the default run.
+# name → input size: every detection cfg of the collection that the torch backend supports (yolo9000 with a
+# synthetic tree of its size). The first block is the default run.
 DEFAULT = {
     "yolov3-tiny-prn.cfg": 128,
     "yolov4-tiny.cfg": 128,
@@ -247,6 +347,7 @@ DEFAULT = {
     "yolov4.cfg": 96,
     "yolov2-tiny.cfg": 128,  # [region]
     "enet-coco.cfg": 64,  # depthwise, scale_channels, unequal shortcuts
+    "yolov3-tiny_xnor.cfg": 96,  # xnor convolutions
 }
 SLOW = {
     name: 128
@@ -261,6 +362,8 @@ SLOW = {
         "t1.test.cfg",
         "tiny-yolo-voc.cfg",
         "tiny-yolo.cfg",
+        "tiny-yolo_xnor.cfg",
+        "yolo9000.cfg",  # softmax tree
         "yolo-voc.2.0.cfg",
         "yolo-voc.cfg",
         "yolo.2.0.cfg",
@@ -312,16 +415,16 @@ def _report(key: str, name: str, error: float) -> None:
 
 @SHARED_MARK
 @pytest.mark.parametrize(("name", "size"), COLLECTION)
-def test_collection_matches_torch(name: str, size: int) -> None:
-    graph = collection(name, size)
+def test_collection_matches_torch(name: str, size: int, tmp_path: Path) -> None:
+    graph = with_synthetic_tree(collection(name, size), tmp_path)
     _report("collection", name, compare(graph))
 
 
 @SHARED_MARK
 @pytest.mark.slow
-def test_every_supported_detection_cfg_is_listed() -> None:
+def test_every_supported_detection_cfg_is_listed(tmp_path: Path) -> None:
     """The lists above are the survey: every collection cfg with a detection head is in one of them, or is
-    one the torch backend refuses too."""
+    one the torch backend refuses too (given a tree file where it needs one)."""
     torch = pytest.importorskip("torch")
     from conftest import loadable_cfgs
 
@@ -329,7 +432,7 @@ def test_every_supported_detection_cfg_is_listed() -> None:
 
     missing = []
     for path in loadable_cfgs():
-        graph = load_cfg(path, warn=quiet)
+        graph = with_synthetic_tree(load_cfg(path, warn=quiet), tmp_path)
         if not any(layer.kind in ("yolo", "Gaussian_yolo", "region", "detection") for layer in graph.layers):
             continue
         try:
@@ -399,6 +502,7 @@ CUSTOM = {
     "DetectionSoftmax": "detection softmax",
     "LRN": "normalization",
     "Implicit": "implicit",
+    "BinaryConv": "conv xnor",
 }
 
 
@@ -439,13 +543,15 @@ def test_write_refuses_other_suffixes(tmp_path: Path) -> None:
 
 
 @SHARED_MARK
-def test_weights_round_trip_is_byte_identical(tmp_path: Path) -> None:
-    """yolov4-tiny: .weights → Keras → store_weights into a weightless copy → .weights, byte for byte."""
-    graph = load_cfg(CFG_DIR / "yolov4-tiny.cfg", warn=quiet)
+@pytest.mark.parametrize("name", ["yolov4-tiny.cfg", "yolov3-tiny_xnor.cfg"])
+def test_weights_round_trip_is_byte_identical(name: str, tmp_path: Path) -> None:
+    """.weights → Keras → store_weights into a weightless copy → .weights, byte for byte (xnor layers keep
+    their float weights: they are binarised in the graph)."""
+    graph = load_cfg(CFG_DIR / name, warn=quiet)
     random_weights(graph, seed=4)
     original = tmp_path / "original.weights"
     write_weights(graph, original)
-    loaded = load_cfg(CFG_DIR / "yolov4-tiny.cfg", warn=quiet)
+    loaded = load_cfg(CFG_DIR / name, warn=quiet)
     read_weights(loaded, original)
     model = K.to_keras(loaded)
     blank = loaded.clone()

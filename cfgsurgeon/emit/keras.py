@@ -20,7 +20,10 @@ strided convolutions pad explicitly and symmetrically (``ZeroPadding2D`` + ``val
 stride-2 convolutions asymmetrically on even inputs), while stride-1 convolutions whose darknet padding is
 the symmetric ``(k−1)/2`` use ``same``. Darknet's pooling ignores the taps outside the image, as TF's own
 ``same`` pooling does: that is used wherever TF's padding coincides with darknet's (every [maxpool] of the
-collection), a custom layer elsewhere.
+collection), a custom layer elsewhere. xnor / binary convolutions compute as darknet's detector test runs
+them (:class:`BinaryConv`: batch norm folded in, ±mean|w| filters, xnor's ±1 input and −1 padding in the
+bit-packed path) from the unbinarised ``.weights`` tensors, which therefore round-trip unchanged; softmax
+trees (``tree=``) keep their group sizes in the layer's config, so a saved model needs no tree file.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ import tf_keras as keras
 from .. import layers as L
 from ..errors import CfgError, UsageError
 from ..ir import Graph
+from ..tree import has_tree, load_tree
 from .heads import INPUT_NAME, head_layers, output_names
+from .tf1 import _binary_conv_activation, _check_binary_conv, _check_region_tree, _xnor_bit_packed
 
 BN_EPS = 1e-5  # darknet's normalize_cpu
 PACKAGE = "cfgsurgeon"  # prefix of the custom layers' registered names ("cfgsurgeon>Pool")
@@ -52,6 +57,9 @@ KerasTensor = object  # what the functional API passes between layers
 # to_keras builds a model whose weights it then loads (drawing ~60 M random numbers only to overwrite them
 # takes seconds).
 _KERNEL_INIT: contextvars.ContextVar[str] = contextvars.ContextVar("kernel_init", default="glorot_uniform")
+# The softmax-tree file for tree= layers while to_keras builds (None: graph.tree_file or cfgsurgeon.tree's
+# lookup).
+_TREE: contextvars.ContextVar[str | Path | None] = contextvars.ContextVar("tree", default=None)
 
 
 def _name(layer: L.Layer, what: str) -> str:
@@ -352,15 +360,50 @@ class YoloOutput(_DarknetOp):
         return y * self._mul + self._add if self.scale != 1 and self.scaled else y
 
 
+class GroupedSoftmax:
+    """darknet's softmax tree over the last axis: a softmax within each run of ``group_sizes`` (they tile
+    the axis). Groups of one size are gathered into one ``(groups, size)`` block, so there is one softmax
+    per distinct size (YOLO9000: ~3k groups, a few dozen sizes)."""
+
+    def __init__(self, group_sizes):
+        starts: dict[int, list[int]] = {}
+        offset = 0
+        for size in group_sizes:
+            if size:
+                starts.setdefault(size, []).append(offset)
+            offset += size
+        self.entries = offset
+        self.blocks = [np.add.outer(first, np.arange(size)) for size, first in sorted(starts.items())]
+        order = np.concatenate([block.ravel() for block in self.blocks] or [np.zeros(0, int)])
+        self.inverse = np.argsort(order)
+
+    def __call__(self, x):
+        flat = tf.reshape(x, (-1, self.entries))
+        parts = [
+            tf.reshape(tf.nn.softmax(tf.gather(flat, block, axis=1)), (-1, block.size))
+            for block in self.blocks
+        ]
+        return tf.reshape(tf.gather(tf.concat(parts, axis=1), self.inverse, axis=1), tf.shape(x))
+
+
 @_register
 class RegionOutput(_DarknetOp):
-    """YOLOv2's [region], per box: logistic objectness, class softmax (``softmax=1``). Output
-    ``(N, 1, 1, h·w·n·(coords+1+classes))`` in darknet's flat order, which is NHWC's own order."""
+    """YOLOv2's [region], per box: logistic objectness, class softmax (``softmax=1``) or, with a tree
+    (``group_sizes``), a softmax within each group of the tree. Output ``(N, 1, 1, h·w·n·(coords+1+classes))``
+    in darknet's flat order, which is NHWC's own order."""
 
-    def __init__(self, num: int, coords: int, classes: int, softmax: bool, **kwargs):
+    def __init__(self, num: int, coords: int, classes: int, softmax: bool, group_sizes=None, **kwargs):
         super().__init__(**kwargs)
         self.num, self.coords, self.classes, self.softmax = int(num), int(coords), int(classes), bool(softmax)
-        self._remember(num=self.num, coords=self.coords, classes=self.classes, softmax=self.softmax)
+        self.group_sizes = [int(n) for n in group_sizes] if group_sizes else None
+        self._tree = GroupedSoftmax(self.group_sizes) if self.group_sizes else None
+        self._remember(
+            num=self.num,
+            coords=self.coords,
+            classes=self.classes,
+            softmax=self.softmax,
+            group_sizes=self.group_sizes,
+        )
 
     def call(self, x):
         _, h, w, _ = x.shape
@@ -368,22 +411,31 @@ class RegionOutput(_DarknetOp):
         boxes = tf.reshape(x, (-1, h, w, self.num, entries))
         obj = tf.sigmoid(boxes[..., self.coords : self.coords + 1])
         cls = boxes[..., self.coords + 1 :]
-        cls = tf.nn.softmax(cls, axis=-1) if self.softmax else cls
+        if self._tree is not None:
+            cls = self._tree(cls)
+        elif self.softmax:
+            cls = tf.nn.softmax(cls, axis=-1)
         out = tf.concat([boxes[..., : self.coords], obj, cls], axis=-1)
         return tf.reshape(out, (-1, 1, 1, h * w * self.num * entries))
 
 
 @_register
 class FlatSoftmax(_DarknetOp):
-    """[softmax]: softmax over ``groups`` contiguous chunks of the flat NCHW buffer (÷ ``temperature``)."""
+    """[softmax]: softmax over ``groups`` contiguous chunks of the flat NCHW buffer (÷ ``temperature``), or
+    with a tree (``group_sizes``) within each group of the tree."""
 
-    def __init__(self, groups: int, temperature: float, **kwargs):
+    def __init__(self, groups: int, temperature: float, group_sizes=None, **kwargs):
         super().__init__(**kwargs)
         self.groups, self.temperature = int(groups), float(temperature)
-        self._remember(groups=self.groups, temperature=self.temperature)
+        self.group_sizes = [int(n) for n in group_sizes] if group_sizes else None
+        self._tree = GroupedSoftmax(self.group_sizes) if self.group_sizes else None
+        self._remember(groups=self.groups, temperature=self.temperature, group_sizes=self.group_sizes)
 
     def call(self, x):
         nchw = _to_nchw(x)
+        if self._tree is not None:
+            flat = tf.reshape(nchw, (-1, math.prod(nchw.shape[1:])))
+            return _to_nhwc(tf.reshape(self._tree(flat / self.temperature), tf.shape(nchw)))
         flat = tf.reshape(nchw, (-1, self.groups, math.prod(nchw.shape[1:]) // self.groups))
         return _to_nhwc(tf.reshape(tf.nn.softmax(flat / self.temperature, axis=-1), tf.shape(nchw)))
 
@@ -428,6 +480,91 @@ class LRN(_DarknetOp):
         )
         norms = self.kappa + self.alpha * (first + tf.cumsum(step, axis=-1))
         return x * tf.pow(norms, -self.beta)
+
+
+@_register
+class BinaryConv(_DarknetOp):
+    """``xnor=1`` / ``binary=1`` convolution as darknet's detector test runs it (see
+    ``cfgsurgeon.emit.torch.BinaryConv``): batch norm folded into the weights, each filter binarised to
+    ``±mean|w|`` (``w > 0`` is +); ``xnor`` also binarises the input to ±1, and in darknet's bit-packed path
+    (``minus_one_padding``) a padded tap counts as −1. The variables are a convolution's and its batch
+    norm's, unbinarised (``kernel`` or ``depthwise_kernel``; ``bias`` or ``gamma``, ``beta``,
+    ``moving_mean``, ``moving_variance``): the ``.weights`` tensors, binarised in the graph."""
+
+    def __init__(
+        self,
+        kernel_shape,
+        strides,
+        pad: int,
+        dilation: int,
+        depthwise: bool,
+        batch_normalize: bool,
+        xnor: bool,
+        minus_one_padding: bool,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.kernel_shape, self.strides = tuple(kernel_shape), tuple(strides)
+        self.pad, self.dilation, self.depthwise = int(pad), int(dilation), bool(depthwise)
+        self.batch_normalize, self.xnor = bool(batch_normalize), bool(xnor)
+        self.minus_one_padding = bool(minus_one_padding)
+        self._remember(
+            kernel_shape=self.kernel_shape,
+            strides=self.strides,
+            pad=self.pad,
+            dilation=self.dilation,
+            depthwise=self.depthwise,
+            batch_normalize=self.batch_normalize,
+            xnor=self.xnor,
+            minus_one_padding=self.minus_one_padding,
+        )
+
+    def build(self, input_shape):
+        kernel = self.add_weight(name="kernel", shape=self.kernel_shape, initializer=_KERNEL_INIT.get())
+        setattr(self, "depthwise_kernel" if self.depthwise else "kernel", kernel)
+        filters = self.kernel_shape[2] * self.kernel_shape[3] if self.depthwise else self.kernel_shape[3]
+        if self.batch_normalize:
+            self.gamma = self.add_weight(name="gamma", shape=(filters,), initializer="ones")
+            self.beta = self.add_weight(name="beta", shape=(filters,), initializer="zeros")
+            stats = dict(shape=(filters,), trainable=False)
+            self.moving_mean = self.add_weight(name="moving_mean", initializer="zeros", **stats)
+            self.moving_variance = self.add_weight(name="moving_variance", initializer="ones", **stats)
+        else:
+            self.bias = self.add_weight(name="bias", shape=(filters,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, x):
+        signs, scale, bias = self._binarised()
+        if self.xnor:
+            x = tf.where(x > 0, 1.0, -1.0)
+        if self.pad:
+            p = self.pad * self.dilation
+            x = tf.pad(
+                x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=-1.0 if self.minus_one_padding else 0.0
+            )
+        # TF refuses a stride and a dilation together: stride 1, then every stride-th row and column
+        strides = (1, 1) if self.dilation > 1 else self.strides
+        if self.depthwise:
+            y = tf.nn.depthwise_conv2d(x, signs, [1, *strides, 1], "VALID", dilations=[self.dilation] * 2)
+        else:  # grouped convolutions: TF infers the groups from the filters' depth
+            y = tf.nn.conv2d(x, signs, [1, *strides, 1], "VALID", dilations=self.dilation)
+        if strides != self.strides:
+            y = y[:, :: self.strides[0], :: self.strides[1]]
+        return y * scale + bias
+
+    def _binarised(self):
+        """The ±1 filters, each filter's mean|w| and the bias, after folding in the batch norm
+        (darknet's fuse_conv_batchnorm)."""
+        weights = self.depthwise_kernel if self.depthwise else self.kernel
+        if self.batch_normalize:
+            factor = self.gamma / tf.sqrt(self.moving_variance + BN_EPS)
+            weights = weights * (tf.reshape(factor, weights.shape[2:]) if self.depthwise else factor)
+            bias = self.beta - factor * self.moving_mean
+        else:
+            bias = self.bias
+        per_filter = [0, 1] if self.depthwise else [0, 1, 2]
+        scale = tf.reshape(tf.reduce_mean(tf.abs(weights), axis=per_filter), [-1])
+        return tf.where(weights > 0, 1.0, -1.0), scale, bias
 
 
 @_register
@@ -482,11 +619,8 @@ def _padded(layer: L.Layer, x, pad: int, what: str = "pad"):
 
 
 def build_conv(layer: L.Convolutional, inputs: list):
-    if layer.xnor or layer.options.get("binary") == "1":
-        raise CfgError(
-            f"layer {layer.index} [{layer.header}] xnor/binary convolutions are not supported",
-            layer.where("xnor"),
-        )
+    if layer.xnor or layer.binary:
+        return build_binary_conv(layer, inputs)
     sy, sx = (1, 1) if layer.antialiasing else layer.strides
     if layer.size == 1 and sx == 1 and (sy != 1 or layer.effective_padding != 0):
         raise CfgError(
@@ -529,6 +663,28 @@ def build_conv(layer: L.Convolutional, inputs: list):
     if layer.batch_normalize:
         y = keras.layers.BatchNormalization(epsilon=BN_EPS, name=_name(layer, "bn"))(y)
     y = _activate(layer, y, layer.activation)
+    return _blur(layer, y) if layer.antialiasing else y
+
+
+def build_binary_conv(layer: L.Convolutional, inputs: list):
+    """xnor=1 / binary=1: one :class:`BinaryConv` (darknet's fused, binarised computation), the activation
+    (linear with bin_output=1), the antialiasing blur."""
+    _check_binary_conv(layer)
+    bit_packed = _xnor_bit_packed(layer)
+    c, n, k = layer.in_shape[0], layer.filters, layer.size
+    depthwise = _is_depthwise(layer)
+    conv = BinaryConv(
+        (k, k, c, n // c) if depthwise else (k, k, c // layer.effective_groups, n),
+        (1, 1) if layer.antialiasing else layer.strides,
+        layer.effective_padding,
+        1 if bit_packed else layer.effective_dilation,
+        depthwise,
+        bool(layer.batch_normalize),
+        bool(layer.xnor),
+        bit_packed,
+        name=_name(layer, "conv"),
+    )
+    y = _activate(layer, conv(inputs[0]), _binary_conv_activation(layer))
     return _blur(layer, y) if layer.antialiasing else y
 
 
@@ -688,12 +844,12 @@ def build_yolo(layer: L.Yolo, inputs: list):
 
 
 def build_region(layer: L.Region, inputs: list):
-    if layer.options.get("tree"):
-        raise CfgError(
-            f"layer {layer.index} [region] with a softmax tree is not supported", layer.where("tree")
-        )
+    group_sizes = None
+    if has_tree(layer):
+        group_sizes = load_tree(layer, layer.classes, _TREE.get()).group_sizes  # first: a missing file
+        _check_region_tree(layer)
     return RegionOutput(
-        layer.num, layer.coords, layer.classes, bool(layer.softmax), name=_name(layer, "region")
+        layer.num, layer.coords, layer.classes, bool(layer.softmax), group_sizes, name=_name(layer, "region")
     )(inputs[0])
 
 
@@ -705,7 +861,9 @@ def build_detection(layer: L.Detection, inputs: list):
 
 
 def build_softmax(layer: L.Softmax, inputs: list):
-    return FlatSoftmax(layer.groups, layer.temperature, name=_name(layer, "softmax"))(inputs[0])
+    tree = load_tree(layer, math.prod(layer.in_shape), _TREE.get()) if has_tree(layer) else None
+    group_sizes = tree.group_sizes if tree is not None else None
+    return FlatSoftmax(layer.groups, layer.temperature, group_sizes, name=_name(layer, "softmax"))(inputs[0])
 
 
 def build_crop(layer: L.Crop, inputs: list):
@@ -773,8 +931,9 @@ class Binding:
     from_keras: Callable[[np.ndarray], np.ndarray] = lambda a: a
 
 
-def _bn_bindings(layer: L.Layer) -> list[Binding]:
-    name = _name(layer, "bn")
+def _bn_bindings(layer: L.Layer, name: str | None = None) -> list[Binding]:
+    """The batch-norm tensors; ``name``: the Keras layer holding them (a BinaryConv holds its own)."""
+    name = name or _name(layer, "bn")
     return [
         Binding(name, "gamma", "scales"),
         Binding(name, "beta", "biases"),
@@ -798,7 +957,12 @@ def conv_bindings(layer: L.Convolutional) -> list[Binding]:
         kernel = Binding(
             conv, "kernel", "weights", lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1)
         )
-    biases = _bn_bindings(layer) if layer.batch_normalize else [Binding(conv, "bias", "biases")]
+    binary = layer.xnor or layer.binary
+    biases = (
+        _bn_bindings(layer, conv if binary else None)
+        if layer.batch_normalize
+        else [Binding(conv, "bias", "biases")]
+    )
     return [kernel, *biases]
 
 
@@ -871,14 +1035,17 @@ def store_weights(model: keras.Model, graph: Graph) -> None:
 # -- the model ----------------------------------------------------------------------------------------------
 
 
-def to_keras(graph: Graph) -> keras.Model:
+def to_keras(graph: Graph, tree: str | Path | None = None) -> keras.Model:
     """Build the functional model for ``graph`` (with its weights, if loaded): input ``images`` N×C×H×W,
-    outputs the heads' raw tensors in NCHW, named as :func:`output_names` says."""
+    outputs the heads' raw tensors in NCHW, named as :func:`output_names` says. ``tree``: the softmax-tree
+    file for ``tree=`` layers (default ``graph.tree_file``, else looked up as :mod:`cfgsurgeon.tree` says)."""
     has_weights = any(layer.weights is not None for layer in graph.layers)
     token = _KERNEL_INIT.set("zeros" if has_weights else "glorot_uniform")
+    tree_token = _TREE.set(tree if tree is not None else graph.tree_file)
     try:
         model = _functional(graph)
     finally:
+        _TREE.reset(tree_token)
         _KERNEL_INIT.reset(token)
     if has_weights:
         load_weights(model, graph)

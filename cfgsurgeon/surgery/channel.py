@@ -10,7 +10,9 @@ of padded consumers; :func:`border_affected` lists where that applies.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,11 +36,17 @@ def prune_channels(
     if constants is None:
         constants = pruned_constants(analysis, keep_unit)
     pruned = graph.clone()
-    for old, new in zip(graph.layers, pruned.layers, strict=True):
+
+    def slice_layer(old: L.Layer, new: L.Layer) -> None:
         out_keep = keep_unit[analysis.output_units[old.index]]
         in_keep = [keep_unit[units] for units in analysis.input_units[old.index]]
         in_values = [constants[id(node)] for node in old.inputs]
         SLICERS.get(type(old), _no_weights)(new, old, in_keep, out_keep, in_values)
+
+    # Each layer's slice depends only on the masks and constants computed above and writes only its own new
+    # node, so layers are sliced concurrently: numpy's copies and sums release the GIL (same result, faster).
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(slice_layer, graph.layers, pruned.layers))
     pruned.infer()
     return pruned
 

@@ -34,6 +34,10 @@ from ..errors import CfgError, UsageError
 from ..files import atomic_output
 from ..ir import Graph
 from ..tree import has_tree, load_tree
+from .darknet_rules import binary_conv_activation as _binary_conv_activation
+from .darknet_rules import check_binary_conv as _check_binary_conv
+from .darknet_rules import check_conv_geometry as _check_conv_geometry
+from .darknet_rules import xnor_bit_packed as _xnor_bit_packed
 from .heads import INPUT_NAME, head_layers, output_names
 from .torch_source import _describe, _ident
 
@@ -699,72 +703,6 @@ def _refuse_pool_antialiasing(layer: L.MaxPool) -> None:
     if layer.antialiasing:  # pooling at stride 1 then a blur: a different output size than the IR's
         raise CfgError(
             f"layer {layer.index} [{layer.header}] antialiasing is not supported", layer.where("antialiasing")
-        )
-
-
-def _check_conv_geometry(layer: L.Convolutional) -> None:
-    """The geometries cfgsurgeon.emit.torch refuses (same messages): darknet's convolution is not a
-    convolution there (a dilated conv whose im2col size differs from its output size; a 1x1 conv with
-    stride_x = 1 but stride_y ≠ 1 or padding ≠ 0, which darknet feeds to the GEMM unchanged)."""
-    _, h, w = layer.in_shape
-    sy, sx = (1, 1) if layer.antialiasing else layer.strides
-    pad, dil, size = layer.effective_padding, layer.effective_dilation, layer.size
-    if dil > 1:
-        im2col = (
-            (h + 2 * pad * dil - dil * (size - 1) - 1) // sy + 1,
-            (w + 2 * pad * dil - dil * (size - 1) - 1) // sx + 1,
-        )
-        if im2col != layer.conv_output():
-            raise CfgError(
-                f"layer {layer.index} [{layer.header}] dilation={dil} with padding {pad}: darknet's output "
-                f"size {layer.conv_output()} and its im2col size {im2col} disagree (undefined result; "
-                "use pad=1)",
-                layer.where("dilation"),
-            )
-    if size == 1 and sx == 1 and dil == 1 and (sy != 1 or pad != 0):
-        raise CfgError(
-            f"layer {layer.index} [{layer.header}] a 1x1 convolution with stride_x=1 and stride_y={sy}, "
-            f"padding={pad}: darknet reads its input as the GEMM matrix unchanged (undefined result)",
-            layer.where(),
-        )
-
-
-def _xnor_bit_packed(layer: L.Convolutional) -> bool:
-    """Whether darknet runs this conv through its bit-packed xnor GEMM (-1 padding, no dilation): as
-    ``cfgsurgeon.emit.torch.xnor_bit_packed``."""
-    return bool(layer.xnor) and layer.strides[0] == layer.strides[1]
-
-
-def _binary_conv_activation(layer: L.Convolutional) -> str:
-    """``bin_output=1`` makes an xnor layer's activation linear (darknet's calculate_binary_weights)."""
-    return "linear" if layer.xnor and layer.options.get("bin_output") == "1" else layer.activation
-
-
-def _check_binary_conv(layer: L.Convolutional) -> None:
-    """What the torch backend refuses for xnor layers (same messages): darknet's bit-packed xnor GEMM skips
-    the antialiasing blur, and with input channels not a multiple of 32 it has code only for 'same'
-    windows at stride 1, padding 1."""
-    if not layer.xnor:
-        _check_conv_geometry(layer)
-        return
-    if layer.antialiasing:
-        raise CfgError(
-            f"layer {layer.index} [{layer.header}] xnor=1 with antialiasing: darknet's xnor path skips the "
-            "blur (undefined result)",
-            layer.where("antialiasing"),
-        )
-    (c, h, w), (sy, sx) = layer.in_shape, layer.strides
-    if sy != sx:
-        _check_conv_geometry(layer)
-        return
-    pad = layer.effective_padding
-    same = layer.conv_output() == (h, w) and sx == 1 and pad == 1
-    if c % 32 and not same:
-        raise CfgError(
-            f"layer {layer.index} [{layer.header}] xnor=1 with {c} input channels (not a multiple of 32) "
-            f"and a {layer.size}x{layer.size}/{sx} window with padding {pad}: darknet's CPU xnor code "
-            "handles only stride 1, padding 1, same-size output there (undefined result)",
-            layer.where("xnor"),
         )
 
 

@@ -24,6 +24,9 @@ from .. import layers as L
 from ..errors import CfgError
 from ..ir import Graph
 from ..tree import SoftmaxTree, has_tree, load_tree
+from .darknet_rules import binary_conv_activation, is_binary_conv, xnor_bit_packed
+from .darknet_rules import check_binary_conv as _check_binary_conv
+from .darknet_rules import check_conv_geometry as _check_conv_geometry
 
 BN_EPS = 1e-5  # darknet's normalize_cpu
 
@@ -126,35 +129,6 @@ class Conv(nn.Module):
         return self.blur(y) if self.blur is not None else y
 
 
-def _check_conv_geometry(layer: L.Convolutional) -> None:
-    """Refuse the geometries where darknet's convolution is not a convolution: (1) a dilated conv whose
-    im2col output size (which counts the dilation) differs from the layer's out_h × out_w (which does not):
-    the GEMM then reads the column buffer with the wrong stride and past what im2col wrote; (2) a 1×1 conv
-    with stride_x = 1, which darknet feeds its input directly as the GEMM matrix, so stride_y ≠ 1 or
-    padding ≠ 0 scramble (or overrun) the input instead of striding or padding it."""
-    _, h, w = layer.in_shape
-    sy, sx = (1, 1) if layer.antialiasing else layer.strides
-    pad, dil, size = layer.effective_padding, layer.effective_dilation, layer.size
-    if dil > 1:
-        im2col = (
-            (h + 2 * pad * dil - dil * (size - 1) - 1) // sy + 1,
-            (w + 2 * pad * dil - dil * (size - 1) - 1) // sx + 1,
-        )
-        if im2col != layer.conv_output():
-            raise CfgError(
-                f"layer {layer.index} [{layer.header}] dilation={dil} with padding {pad}: darknet's output "
-                f"size {layer.conv_output()} and its im2col size {im2col} disagree (undefined result; "
-                "use pad=1)",
-                layer.where("dilation"),
-            )
-    if size == 1 and sx == 1 and dil == 1 and (sy != 1 or pad != 0):
-        raise CfgError(
-            f"layer {layer.index} [{layer.header}] a 1x1 convolution with stride_x=1 and stride_y={sy}, "
-            f"padding={pad}: darknet reads its input as the GEMM matrix unchanged (undefined result)",
-            layer.where(),
-        )
-
-
 class BinaryConv(nn.Module):
     """``xnor=1`` / ``binary=1`` convolutions as ``darknet detector test`` runs them: batch norm is first
     folded into the weights (``fuse_conv_batchnorm``), then each filter is binarised to ``±mean|w|``
@@ -213,48 +187,6 @@ def binary_conv_darknet(
         x = F.pad(x, minus_one_pads, value=-1.0)
     y = F.conv2d(x, signs, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return y * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
-
-
-def is_binary_conv(layer: L.Layer) -> bool:
-    return isinstance(layer, L.Convolutional) and bool(layer.xnor or layer.binary)
-
-
-def xnor_bit_packed(layer: L.Convolutional) -> bool:
-    """Whether darknet runs this conv through its bit-packed xnor GEMM (-1 padding, no dilation)."""
-    return bool(layer.xnor) and layer.strides[0] == layer.strides[1]
-
-
-def binary_conv_activation(layer: L.Convolutional) -> str:
-    return "linear" if layer.xnor and layer.options.get("bin_output") == "1" else layer.activation
-
-
-def _check_binary_conv(layer: L.Convolutional) -> None:
-    """Refuse what darknet's CPU xnor path leaves undefined: its bit-packed GEMM returns before the
-    antialiasing blur the layer's output size counts on, and with input channels not a multiple of 32 it
-    has code only for 'same' 3×3-like windows at stride 1, padding 1 (else it prints "is no non-optimized
-    version" and reads an unwritten buffer)."""
-    if not layer.xnor:
-        _check_conv_geometry(layer)
-        return
-    if layer.antialiasing:
-        raise CfgError(
-            f"layer {layer.index} [{layer.header}] xnor=1 with antialiasing: darknet's xnor path skips the "
-            "blur (undefined result)",
-            layer.where("antialiasing"),
-        )
-    (c, h, w), (sy, sx) = layer.in_shape, layer.strides
-    if sy != sx:
-        _check_conv_geometry(layer)
-        return
-    pad = layer.effective_padding
-    same = layer.conv_output() == (h, w) and sx == 1 and pad == 1
-    if c % 32 and not same:
-        raise CfgError(
-            f"layer {layer.index} [{layer.header}] xnor=1 with {c} input channels (not a multiple of 32) "
-            f"and a {layer.size}x{layer.size}/{sx} window with padding {pad}: darknet's CPU xnor code "
-            "handles only stride 1, padding 1, same-size output there (undefined result)",
-            layer.where("xnor"),
-        )
 
 
 def _blur(layer: L.Convolutional) -> nn.Conv2d:

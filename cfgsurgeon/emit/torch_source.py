@@ -24,6 +24,13 @@ from ..errors import CfgError
 from ..files import atomic_output
 from ..ir import Graph
 from ..tree import has_tree, load_tree
+from .darknet_rules import (
+    binary_conv_activation,
+    check_binary_conv,
+    check_conv_geometry,
+    is_binary_conv,
+    xnor_bit_packed,
+)
 from .heads import HEAD_TYPES
 
 BN_EPS = 1e-5  # darknet's normalize_cpu; the same value as cfgsurgeon.emit.torch
@@ -376,14 +383,11 @@ class TorchSourceEmitter:
 
     # -- layers with parameters ----------------------------------------------------------------------------
     def visit_Convolutional(self, layer: L.Convolutional, ins: list[str]) -> LayerCode:
-        # the backend's own refusals (imported here: that module needs torch)
-        from .torch import _check_binary_conv, _check_conv_geometry, binary_conv_activation, is_binary_conv
-
         binary = is_binary_conv(layer)
         if binary:
-            _check_binary_conv(layer)
+            check_binary_conv(layer)  # the backend's own refusals
         else:
-            _check_conv_geometry(layer)
+            check_conv_geometry(layer)
         i, shared = layer.index, layer.shares
         # share_index: darknet shares the weights and BN tensors, not the geometry.
         owner = f"l{i}" if shared is None else f"l{self.graph.index_of(shared)}"
@@ -416,7 +420,7 @@ class TorchSourceEmitter:
     def _binary_conv(self, layer: L.Convolutional, x: str, owner: str) -> str:
         bn = f"self.{owner}_bn" if layer.batch_normalize else "None"
         pad = layer.effective_padding
-        pads = (pad,) * 4 if _bit_packed(layer) else None
+        pads = (pad,) * 4 if xnor_bit_packed(layer) else None
         args = f"{x}, self.l{layer.index}_conv, {bn}, xnor={bool(layer.xnor)}, minus_one_pads={pads}"
         return f"{self.use('binary_conv_darknet')}({args})"
 
@@ -424,7 +428,7 @@ class TorchSourceEmitter:
         i, dil = layer.index, layer.effective_dilation
         sy, sx = (1, 1) if layer.antialiasing else layer.strides
         pad = layer.effective_padding
-        if _bit_packed(layer):  # darknet's bit-packed xnor path: -1 padding done apart, no dilation
+        if xnor_bit_packed(layer):  # darknet's bit-packed xnor path: -1 padding done apart, no dilation
             dil, pad = 1, 0
         args = [str(layer.in_shape[0]), str(layer.filters), str(layer.size)]
         args.append(f"stride={sy}" if sy == sx else f"stride=({sy}, {sx})")
@@ -655,12 +659,6 @@ class TorchSourceEmitter:
                 lines.append("    " + " ".join(f'"{name}",' for name in row))
         lines.append("]")
         return "\n".join(lines) + "\n"
-
-
-def _bit_packed(layer: L.Convolutional) -> bool:
-    from .torch import xnor_bit_packed  # imported here: that module needs torch
-
-    return xnor_bit_packed(layer)
 
 
 def _bn_tensors(bn: str) -> dict[str, str]:

@@ -164,9 +164,12 @@ def test_mistakes_are_one_line_errors(tmp_path: Path, args: list[str], message: 
 def test_one_shot_unstructured(tmp_path: Path, target: float) -> None:
     cfg, weights = small_model(tmp_path)
     out = tmp_path / "out"
-    run_cli(
+    out.mkdir()
+    (out / "sparse.tflite").write_bytes(b"an earlier run's model")
+    printed = run_cli(
         "sparsify", "--cfg", cfg, "--weights", weights, "--final-sparsity", target, "--no-tflite", "-o", out
     )
+    assert not (out / "sparse.tflite").exists() and "sparse.tflite" not in printed
     dense, sparse = read(cfg, weights), read(cfg, out / "sparse.weights")
     found = check_pruned(dense, sparse, YOLOV4_TINY_PROTECTED, target)
     assert len(found) == 18

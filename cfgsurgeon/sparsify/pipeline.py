@@ -180,6 +180,10 @@ def sparsify(
         report["tflite"], report["sizes"][".tflite"] = tflite_section(
             graph, pruned, options, outdir / "sparse.tflite", note
         )
+    elif (outdir / "sparse.tflite").exists():
+        # An earlier run's file would sit beside a report that does not describe it.
+        (outdir / "sparse.tflite").unlink()
+        note(f"removed {outdir / 'sparse.tflite'} (from an earlier run; --no-tflite)")
     with atomic_output(outdir / "report.json", "w") as out:
         json.dump(report, out, indent=1)
     with atomic_output(outdir / "report.md", "w") as out:

@@ -480,14 +480,15 @@ def _export_tflite(graph: Graph, output: Path, options: dict) -> str:
     return f"quantization {quantize}, input 'images' (batch dynamic), outputs {output_names(graph)}"
 
 
-# `export --format` choices: name → (output suffix, needs weights, writer(graph, output, options) → note).
+# `export --format` choices: name → (output suffixes, needs weights, writer(graph, output, options) → note).
+# "" is a path without suffix: for keras, a SavedModel directory.
 EXPORT_FORMATS = {
-    "torch-source": (".py", False, _export_torch_source),
-    "onnx": (".onnx", True, _export_onnx),
-    "openvino": (".xml", True, _export_openvino),
-    "tf1": (".py", True, _export_tf1),
-    "keras": (".keras", True, _export_keras),
-    "tflite": (".tflite", True, _export_tflite),
+    "torch-source": ((".py",), False, _export_torch_source),
+    "onnx": ((".onnx",), True, _export_onnx),
+    "openvino": ((".xml",), True, _export_openvino),
+    "tf1": ((".py",), True, _export_tf1),
+    "keras": ((".keras", ""), True, _export_keras),
+    "tflite": ((".tflite",), True, _export_tflite),
 }
 
 
@@ -501,7 +502,8 @@ EXPORT_FORMATS = {
     "loader; onnx: ONNX (opset 17) with the raw head tensors as outputs; openvino: OpenVINO IR .xml/.bin "
     "converted from that ONNX graph; tf1: one standalone .py of TF1-style graph code (tensorflow + numpy) "
     "whose `python OUT.py MODEL.weights MODEL.pb` writes the frozen graph; keras: a tf_keras functional "
-    "model (.keras) from standard layers where possible, for TF Model Optimization; tflite: TensorFlow Lite "
+    "model (.keras, or a SavedModel directory for an output without suffix) from standard layers where "
+    "possible, for TF Model Optimization; tflite: TensorFlow Lite "
     "from that model (see --quantize).",
 )
 @CFG
@@ -534,8 +536,8 @@ EXPORT_FORMATS = {
     "--output",
     "output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The file to write.",
+    type=click.Path(path_type=Path),
+    help="The file to write (keras: or a SavedModel directory, for a path without suffix).",
 )
 def export(
     fmt: str,
@@ -554,9 +556,14 @@ def export(
     onnxruntime|openvino|tf1|keras|tflite --model FILE` decodes them into boxes exactly as for the torch
     backend (for tf1, FILE is the frozen .pb that the generated .py writes).
     """
-    suffix, needs_weights, writer = EXPORT_FORMATS[fmt]
-    if output.suffix != suffix:
-        raise UsageError(f"--format {fmt} writes a {suffix} file; output {output} should end in {suffix}")
+    suffixes, needs_weights, writer = EXPORT_FORMATS[fmt]
+    if output.suffix not in suffixes:
+        expected = f"end in {suffixes[0]}" + (
+            " (or have no suffix: a SavedModel directory)" if "" in suffixes else ""
+        )
+        raise UsageError(f"--format {fmt}: output {output} should {expected}")
+    if output.suffix and output.is_dir():
+        raise UsageError(f"output {output} is a directory; name the file to write")
     if needs_weights and weights is None:
         raise UsageError(f"--format {fmt} needs --weights")
     refuse_overwrite([output], [cfg, weights, calibration])

@@ -502,6 +502,14 @@ def test_openvino_output_needs_xml_suffix(nano: dict[str, Path], tmp_path: Path)
     _one_line_error(result, "should end in .xml")
 
 
+def test_output_that_is_a_directory_is_one_line(nano: dict[str, Path], tmp_path: Path):
+    out = tmp_path / "m.onnx"
+    out.mkdir()
+    args = ("--cfg", nano["cfg"], "--weights", nano["weights"], "-o", out)
+    _one_line_error(run_cli("export", "--format", "onnx", *args), "is a directory; name the file to write")
+    assert out.is_dir() and not any(out.iterdir())
+
+
 def test_openvino_export_across_file_systems(nano: dict[str, Path], tmp_path: Path, monkeypatch):
     """The system temp folder on another file system (tmpfs /tmp) than the output: the .xml/.bin are staged
     beside the output, since a rename across file systems fails (EXDEV)."""

@@ -536,6 +536,32 @@ def test_saved_model_reloads_with_identical_outputs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(ours, theirs)
 
 
+def test_cli_exports_a_saved_model_directory_and_replaces_only_a_saved_model(tmp_path: Path) -> None:
+    """`export --format keras -o DIR` (no suffix): a SavedModel, replaced by a second export; a directory
+    that is not a SavedModel is refused with a one-line error and left as it was."""
+    from cfgsurgeon.cli import main
+
+    graph = small(net(3, 16, 16) + STEM + CASES["yolo"] + "\n")
+    cfg, weights = tmp_path / "m.cfg", tmp_path / "m.weights"
+    cfg.write_text(net(3, 16, 16) + STEM + CASES["yolo"] + "\n")
+    write_weights(graph, weights)
+    args = ["export", "--format", "keras", "--cfg", str(cfg), "--weights", str(weights), "-o"]
+    saved = tmp_path / "saved"
+    for _ in range(2):
+        result = CliRunner().invoke(main, [*args, str(saved)])
+        assert result.exit_code == 0, result.output
+    x = random_input(graph)
+    for ours, theirs in zip(K.run_keras(K.load_keras(saved), x), torch_outputs(graph, x), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, [*args, str(precious)])
+    assert result.exit_code == 1 and "is not a SavedModel directory" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"]
+
+
 def test_write_refuses_other_suffixes(tmp_path: Path) -> None:
     graph = small(net(3, 8, 8) + CONV + "filters=2\nsize=1\n")
     with pytest.raises(UsageError, match=r"should end in \.keras"):

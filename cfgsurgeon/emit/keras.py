@@ -1113,6 +1113,8 @@ def write_keras(graph: Graph, path: str | Path) -> keras.Model:
     path = Path(path)
     if path.suffix not in (".keras", ""):
         raise UsageError(f"Keras output {path} should end in .keras (or have no suffix, for a SavedModel)")
+    if not path.suffix and path.exists() and not (path / "saved_model.pb").is_file():
+        raise UsageError(f"{path} exists and is not a SavedModel directory; refusing to replace it")
     model = to_keras(graph)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

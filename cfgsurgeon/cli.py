@@ -322,10 +322,10 @@ def synth(outdir: Path, classes: int, train_images: int, valid_images: int, size
 )
 @click.option(
     "--model",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=click.Path(exists=True, path_type=Path),
     help="An exported model (.onnx for onnxruntime, .xml for openvino, the frozen .pb that the `export "
-    "--format tf1` file writes for tf1, .keras for keras, .tflite for tflite) made from this cfg by "
-    "`export`.",
+    "--format tf1` file writes for tf1, .keras or a SavedModel directory for keras, .tflite for tflite) "
+    "made from this cfg by `export`.",
 )
 def detect(
     cfg: Path,

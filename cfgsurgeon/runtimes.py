@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -19,6 +20,18 @@ from .errors import UsageError
 from .ir import Graph
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
+T = TypeVar("T")
+
+
+def _open(model: Path, what: str, load: Callable[[], T]) -> T:
+    """``load()`` the user's ``model`` file; a file the runtime cannot read is a one-line error."""
+    try:
+        return load()
+    except Exception as exc:  # each runtime raises its own types (protobuf, RuntimeError, ValueError, …)
+        # OpenVINO prefixes one "Exception from <source>:" line per C++ frame; the rest is the reason.
+        lines = [line.strip() for line in str(exc).splitlines() if not line.startswith("Exception from ")]
+        detail = " ".join(line for line in lines if line) or type(exc).__name__
+        raise UsageError(f"{model}: not {what} ({detail})") from None
 
 
 def _torch(graph: Graph, model: Path | None, threads: int | None) -> Runner:
@@ -49,8 +62,14 @@ def _onnxruntime(graph: Graph, model: Path | None, threads: int | None) -> Runne
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    source = str(model) if model is not None else onnx_bytes(graph)
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+    def session_of(source: str | bytes) -> ort.InferenceSession:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+    if model is None:
+        session = session_of(onnx_bytes(graph))
+    else:
+        session = _open(model, "an ONNX model ONNX Runtime can load", lambda: session_of(str(model)))
     _check_outputs(graph, [out.name for out in session.get_outputs()], model)
     _check_input(graph, session.get_inputs()[0].shape, model)
 
@@ -68,7 +87,9 @@ def _openvino(graph: Graph, model: Path | None, threads: int | None) -> Runner:
             write_openvino(graph, Path(tmp) / "model.xml")
             compiled = compile_model(Path(tmp) / "model.xml", threads)
     else:
-        compiled = compile_model(model, threads)
+        compiled = _open(
+            model, "an OpenVINO IR (.xml) OpenVINO can read", lambda: compile_model(model, threads)
+        )
     _check_outputs(graph, [out.get_any_name() for out in compiled.outputs], model)
     shape = compiled.inputs[0].get_partial_shape()
     _check_input(graph, [dim.get_length() if dim.is_static else None for dim in shape], model)
@@ -112,7 +133,10 @@ def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 def _tflite(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     from .emit.tflite import TFLiteModel, tflite_bytes
 
-    net = TFLiteModel(tflite_bytes(graph) if model is None else model, threads)
+    if model is None:
+        net = TFLiteModel(tflite_bytes(graph), threads)
+    else:
+        net = _open(model, "a TFLite model", lambda: TFLiteModel(model, threads))
     expected = output_names(graph)
     if sorted(net.output_names) != sorted(expected):
         raise UsageError(

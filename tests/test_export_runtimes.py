@@ -464,6 +464,24 @@ def test_model_from_another_cfg_is_one_line(backend: str, nano: dict[str, Path],
     _one_line_error(result, str(nano[backend]), "has outputs", "was it exported from this cfg?")
 
 
+@pytest.mark.parametrize("backend", [*BACKENDS, "tf1", "keras", "tflite"])
+@pytest.mark.parametrize("kind", ["text file", "directory"])
+def test_model_the_runtime_cannot_read_is_one_line(
+    backend: str, kind: str, nano: dict[str, Path], tmp_path: Path
+):
+    if backend in ("tf1", "keras", "tflite"):
+        pytest.importorskip("tf_keras" if backend == "keras" else "tensorflow")
+    model = tmp_path / "model"
+    if kind == "directory":
+        model.mkdir()
+    else:
+        model.write_text("person\nbicycle\n")
+    result = run_cli(
+        *_detect_args(nano["cfg"], nano["weights"], tmp_path), "--backend", backend, "--model", model
+    )
+    _one_line_error(result, f"{model}: not ")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_model_of_another_input_size_is_one_line(backend: str, nano: dict[str, Path], tmp_path: Path):
     cfg = tmp_path / "nano-160.cfg"

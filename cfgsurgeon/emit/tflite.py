@@ -54,11 +54,13 @@ def calibration_paths(list_file: str | Path, count: int) -> list[Path]:
     return paths
 
 
-def calibration_batches(graph: Graph, paths: Iterable[Path]) -> Iterator[np.ndarray]:
-    """Each photo as the network sees it in ``detect``, as a 1×C×H×W batch."""
+def calibration_batches(graph: Graph, paths: list[Path]) -> Iterator[np.ndarray]:
+    """Each photo as the network sees it in ``detect``, as a 1×C×H×W batch (a progress bar on a terminal)."""
+    from tqdm import tqdm
+
     from ..detect import load_image, network_input
 
-    for path in paths:
+    for path in tqdm(paths, desc="int8 calibration", unit="image", disable=None, leave=False):
         yield network_input(graph, load_image(path, graph.net.channels))[None]
 
 

@@ -26,6 +26,16 @@ WEIGHTS = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Darknet weights (.weights) matching the cfg.",
 )
+WEIGHTS_REQUIRED = click.option(
+    "--weights",
+    "weights",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet weights (.weights) matching the cfg.",
+)
+JSON_TABLE = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object instead of the table."
+)
 
 
 class _Cli(click.Group):
@@ -80,7 +90,7 @@ def _with_tree(graph: Graph) -> Graph:
 @main.command()
 @CFG
 @WEIGHTS
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@JSON_TABLE
 def inspect(cfg: Path, weights: Path | None, as_json: bool) -> None:
     """Print the layer table: type, filters, size/stride, input → output shape, BFLOPs, and totals.
 
@@ -188,13 +198,7 @@ def demo(outdir: Path, seed: int, json_path: Path | None) -> None:
 
 @main.command(name="eval")
 @CFG
-@click.option(
-    "--weights",
-    "weights",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Darknet weights (.weights) matching the cfg.",
-)
+@WEIGHTS_REQUIRED
 @click.option(
     "--data",
     "data",
@@ -221,7 +225,7 @@ def demo(outdir: Path, seed: int, json_path: Path | None) -> None:
     help="Confidence at which P and R are counted (IoU 0.5).",
 )
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(1), help="Images per pass.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@JSON_TABLE
 def eval_command(
     cfg: Path,
     weights: Path,
@@ -272,13 +276,7 @@ def synth(outdir: Path, classes: int, train_images: int, valid_images: int, size
 
 @main.command()
 @CFG
-@click.option(
-    "--weights",
-    "weights",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Darknet weights (.weights) matching the cfg.",
-)
+@WEIGHTS_REQUIRED
 @click.option(
     "--names",
     "names",
@@ -780,7 +778,7 @@ def _print_prune_summary(data: dict, outdir: Path) -> None:
     is_flag=True,
     help="Alternate the models run by run (all held in memory): fairer ratios on a busy machine.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@JSON_TABLE
 def bench(
     cfgs: tuple[Path, ...],
     weights: tuple[str, ...],
@@ -827,13 +825,7 @@ def bench(
 
 @main.command()
 @CFG
-@click.option(
-    "--weights",
-    "weights",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Darknet weights (.weights) matching the cfg.",
-)
+@WEIGHTS_REQUIRED
 @click.option("--final-sparsity", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option(
     "--initial-sparsity", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True)

@@ -359,6 +359,11 @@ def _drop_zero_objectness(found: _Candidates) -> _Candidates:
     return _Candidates(found.boxes[keep], found.objectness[keep], found.probs[keep])
 
 
+# Boxes up to which nms_sort holds the boxes' pairwise "too close" flags in memory (N² bytes: 256 MiB).
+PAIRWISE_LIMIT = 16384
+_ROWS_PER_BLOCK = 256  # rows of the pairwise overlap computed at a time (float32 temporaries: 256 × N each)
+
+
 def nms_sort(
     boxes: np.ndarray, probs: np.ndarray, thresh: float, kind: str = "iou", beta: float = 0.6
 ) -> np.ndarray:
@@ -366,10 +371,43 @@ def nms_sort(
 
     ``kind``: ``iou`` (``do_nms_sort``), ``diou`` (greedynms: IoU − (d²/c²)^0.6) or ``diounms``
     (IoU − (d²/c²)^beta). Returns new probabilities; boxes are float32 ``(x, y, w, h)``.
+    Closeness does not depend on the class, so it is computed once for every pair of boxes (the same float32
+    arithmetic as one box against the rest), and each class's greedy pass only reads it.
     """
     boxes = np.asarray(boxes, dtype=np.float32)
     probs = np.array(probs, dtype=np.float32, copy=True)
     limit = np.float32(thresh)
+    candidates = np.flatnonzero((probs > 0).any(axis=1))
+    if len(candidates) > PAIRWISE_LIMIT:
+        return _nms_sort_per_box(boxes, probs, limit, kind, beta)
+    close = _close_pairs(boxes[candidates], limit, kind, beta)
+    position = np.full(len(boxes), -1)
+    position[candidates] = np.arange(len(candidates))
+    for k in range(probs.shape[1]):
+        order = np.argsort(-probs[:, k], kind="stable")
+        order = order[probs[order, k] > 0]
+        rows = position[order]
+        alive = np.ones(len(order), dtype=bool)
+        for pos in range(len(order) - 1):
+            if alive[pos]:
+                alive[pos + 1 :] &= ~close[rows[pos], rows[pos + 1 :]]
+        probs[order[~alive], k] = 0
+    return probs
+
+
+def _close_pairs(boxes: np.ndarray, limit: np.float32, kind: str, beta: float) -> np.ndarray:
+    """``close[i, j]``: box j is too close to box i to survive it (overlap score above ``limit``)."""
+    close = np.empty((len(boxes), len(boxes)), dtype=bool)
+    for start in range(0, len(boxes), _ROWS_PER_BLOCK):
+        block = boxes[start : start + _ROWS_PER_BLOCK, None, :]
+        close[start : start + _ROWS_PER_BLOCK] = _overlap_score(block, boxes, kind, beta) > limit
+    return close
+
+
+def _nms_sort_per_box(
+    boxes: np.ndarray, probs: np.ndarray, limit: np.float32, kind: str, beta: float
+) -> np.ndarray:
+    """:func:`nms_sort` one kept box at a time (for more boxes than the pairwise flags may hold)."""
     for k in range(probs.shape[1]):
         order = np.argsort(-probs[:, k], kind="stable")
         order = order[probs[order, k] > 0]
@@ -391,16 +429,15 @@ def _overlap_score(a: np.ndarray, b: np.ndarray, kind: str, beta: float) -> np.n
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """darknet's ``box_iou`` (float32) between one box ``a`` and boxes ``b``, all ``(x, y, w, h)``."""
+    """darknet's ``box_iou`` (float32) between boxes ``a`` and ``b``, ``(x, y, w, h)`` in the last axis,
+    broadcast (one box against many: ``a`` (4,), ``b`` (N, 4); all pairs: ``a`` (M, 1, 4), ``b`` (N, 4))."""
     half = np.float32(2)
-    inter_w = np.minimum(a[0] + a[2] / half, b[:, 0] + b[:, 2] / half) - np.maximum(
-        a[0] - a[2] / half, b[:, 0] - b[:, 2] / half
-    )
-    inter_h = np.minimum(a[1] + a[3] / half, b[:, 1] + b[:, 3] / half) - np.maximum(
-        a[1] - a[3] / half, b[:, 1] - b[:, 3] / half
-    )
+    ax, ay, aw, ah = (a[..., i] for i in range(4))
+    bx, by, bw, bh = (b[..., i] for i in range(4))
+    inter_w = np.minimum(ax + aw / half, bx + bw / half) - np.maximum(ax - aw / half, bx - bw / half)
+    inter_h = np.minimum(ay + ah / half, by + bh / half) - np.maximum(ay - ah / half, by - bh / half)
     inter = np.where((inter_w < 0) | (inter_h < 0), np.float32(0), inter_w * inter_h)
-    union = a[2] * a[3] + b[:, 2] * b[:, 3] - inter
+    union = aw * ah + bw * bh - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((inter == 0) | (union == 0), np.float32(0), inter / union).astype(np.float32)
 
@@ -408,14 +445,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _centre_penalty(a: np.ndarray, b: np.ndarray, exponent: float) -> np.ndarray:
     """``(d² / c²)^exponent``: centre distance over the enclosing box's diagonal (0 where c² is 0)."""
     half = np.float32(2)
-    enclose_w = np.maximum(a[0] + a[2] / half, b[:, 0] + b[:, 2] / half) - np.minimum(
-        a[0] - a[2] / half, b[:, 0] - b[:, 2] / half
-    )
-    enclose_h = np.maximum(a[1] + a[3] / half, b[:, 1] + b[:, 3] / half) - np.minimum(
-        a[1] - a[3] / half, b[:, 1] - b[:, 3] / half
-    )
+    ax, ay, aw, ah = (a[..., i] for i in range(4))
+    bx, by, bw, bh = (b[..., i] for i in range(4))
+    enclose_w = np.maximum(ax + aw / half, bx + bw / half) - np.minimum(ax - aw / half, bx - bw / half)
+    enclose_h = np.maximum(ay + ah / half, by + bh / half) - np.minimum(ay - ah / half, by - bh / half)
     c = enclose_w * enclose_w + enclose_h * enclose_h
-    d = (a[0] - b[:, 0]) * (a[0] - b[:, 0]) + (a[1] - b[:, 1]) * (a[1] - b[:, 1])
+    d = (ax - bx) * (ax - bx) + (ay - by) * (ay - by)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(c == 0, np.float32(0), d / c)
     penalty = np.power(ratio.astype(np.float64), exponent).astype(np.float32)

@@ -174,6 +174,62 @@ def test_diou_kinds_suppress_less_than_plain_nms():
     assert nms_sort(boxes, probs, 0.3, kind="diou")[1, 0] == np.float32(0.8)  # greedynms: exponent 0.6
 
 
+def _darknet_box_iou(a, b) -> np.float32:
+    """darknet's box.c ``box_iou`` (overlap, box_intersection, box_union) in float32 scalars."""
+    f, two = np.float32, np.float32(2)
+
+    def overlap(x1, w1, x2, w2):
+        return min(x1 + w1 / two, x2 + w2 / two) - max(x1 - w1 / two, x2 - w2 / two)
+
+    w, h = overlap(a[0], a[2], b[0], b[2]), overlap(a[1], a[3], b[1], b[3])
+    inter = f(0) if w < 0 or h < 0 else w * h
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return f(0) if inter == 0 or union == 0 else f(inter / union)
+
+
+def _darknet_do_nms_sort(boxes: np.ndarray, probs: np.ndarray, thresh: float) -> np.ndarray:
+    """darknet's ``do_nms_sort`` loop, box by box (ties in the stable order our sort uses)."""
+    probs = probs.copy()
+    for k in range(probs.shape[1]):
+        order = sorted((i for i in range(len(boxes)) if probs[i, k] > 0), key=lambda i: -probs[i, k])
+        for pos, i in enumerate(order):
+            if probs[i, k] == 0:
+                continue
+            for j in order[pos + 1 :]:
+                if _darknet_box_iou(boxes[i], boxes[j]) > np.float32(thresh):
+                    probs[j, k] = 0
+    return probs
+
+
+def _random_detections(seed: int, n: int = 70, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    boxes = rng.uniform(0.05, 0.6, (n, 4)).astype(np.float32)
+    boxes[: n // 10, 2] = 0  # degenerate boxes (zero area)
+    boxes[n // 10 : n // 5] = boxes[0]  # identical boxes
+    probs = rng.choice(np.float32([0, 0.1, 0.3, 0.5, 0.7]), (n, classes))  # many ties
+    return boxes, probs.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nms_equals_darknets_loop(seed: int):
+    boxes, probs = _random_detections(seed)
+    expected = _darknet_do_nms_sort(boxes, probs, 0.45)
+    assert (expected == 0).sum() > (probs == 0).sum()  # something was suppressed
+    np.testing.assert_array_equal(nms_sort(boxes, probs, 0.45), expected)
+
+
+@pytest.mark.parametrize("kind", ["iou", "diou", "diounms"])
+def test_nms_beyond_the_pairwise_limit_gives_the_same(kind: str, monkeypatch):
+    """More boxes than PAIRWISE_LIMIT: the one-box-at-a-time path, same result (and for the DIoU kinds)."""
+    import cfgsurgeon.detect as D
+
+    boxes, probs = _random_detections(7, n=120)
+    pairwise = nms_sort(boxes, probs, 0.3, kind, beta=0.8)
+    monkeypatch.setattr(D, "PAIRWISE_LIMIT", 10)
+    np.testing.assert_array_equal(nms_sort(boxes, probs, 0.3, kind, beta=0.8), pairwise)
+    assert (pairwise == 0).sum() > (probs == 0).sum()
+
+
 TINY_YOLO = """
 [net]
 width=4

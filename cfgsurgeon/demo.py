@@ -349,7 +349,7 @@ def _latencies(context: _Context, stages: list[Stage]) -> list[float]:
         warmup=plan.latency_warmup,
         threads=plan.threads,
         interleave=True,
-        progress=plan.progress,
+        progress=None if plan.progress else False,  # None: a bar only on a terminal
         seed=context.seed,
     )
     return [model["latency_ms"]["median"] for model in report["models"]]

@@ -527,7 +527,9 @@ class _Run:
         from tqdm import tqdm
 
         epoch = self.state.epoch + 1
-        return tqdm(batches, desc=f"epoch {epoch}/{self.config.epochs}", leave=False, dynamic_ncols=True)
+        # disable=None: a bar only on a terminal (a log file gets the per-epoch lines, not bar redraws)
+        label = f"epoch {epoch}/{self.config.epochs}"
+        return tqdm(batches, desc=label, leave=False, dynamic_ncols=True, disable=None)
 
     def _step(self, images: Tensor, targets: Tensor, parts: int, progress: float) -> float:
         lr = self.schedule(self.state.step)

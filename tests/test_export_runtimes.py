@@ -46,6 +46,7 @@ from cfgsurgeon import layers as L  # noqa: E402
 from cfgsurgeon.cli import main  # noqa: E402
 from cfgsurgeon.emit.onnx import write_onnx  # noqa: E402
 from cfgsurgeon.emit.openvino import write_openvino  # noqa: E402
+from cfgsurgeon.emit.torch import ACTIVATIONS  # noqa: E402
 from cfgsurgeon.ir import Graph  # noqa: E402
 from cfgsurgeon.randinit import random_weights  # noqa: E402
 from cfgsurgeon.runtimes import make_runner  # noqa: E402
@@ -434,6 +435,26 @@ def test_dynamic_batch_onnx_declares_a_symbolic_batch(nano: dict[str, Path]):
     model = onnx.load(str(nano["onnxruntime"]))
     for value in [*model.graph.input, *model.graph.output]:
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
+
+
+def _activation_graph(name: str) -> Graph:
+    net = "[net]\nwidth=8\nheight=8\nchannels=3\n\n"
+    text = net + f"[convolutional]\nfilters=6\nsize=3\npad=1\nactivation={name}\n"
+    graph = loads_cfg(text, source=f"conv with activation={name}", warn=quiet)
+    random_weights(graph, seed=SEED)
+    return graph
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_activation_exports(backend: str, name: str, tmp_path: Path):
+    """Every darknet activation the torch backend runs, elu/selu (expm1) included, survives each export."""
+    graph = _activation_graph(name)
+    out = tmp_path / f"act{SUFFIX[backend]}"
+    (write_onnx if backend == "onnxruntime" else write_openvino)(graph, out)
+    x = (random_input(graph) - 0.5) * 8  # both signs, past the knees of hardtan/plse/relu6
+    error = worst(make_runner(graph, backend, model=out)(x), make_runner(graph, "torch")(x))
+    assert error <= TOLERANCE, (name, error)
 
 
 def _one_line_error(result, *fragments: str) -> None:

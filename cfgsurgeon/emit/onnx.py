@@ -20,11 +20,21 @@ __all__ = ["INPUT_NAME", "OPSET", "onnx_bytes", "output_names", "write_onnx"]
 OPSET = 17  # the newest opset the TorchScript exporter writes by default; onnxruntime and OpenVINO read it
 
 
+def _expm1(g, x):
+    # The TorchScript exporter has no rule for aten::expm1 (darknet's elu/selu); exp(x) − 1 differs from it by
+    # float32 rounding near 0, within the export tolerance.
+    import torch
+
+    return g.op("Sub", g.op("Exp", x), g.op("Constant", value_t=torch.tensor(1.0)))
+
+
 def onnx_bytes(graph: Graph, dynamic_batch: bool = False) -> bytes:
     """Serialised ONNX model of ``graph`` (weights must be loaded)."""
     import torch
 
     from .torch import to_torch
+
+    torch.onnx.register_custom_op_symbolic("aten::expm1", _expm1, OPSET)
 
     model = to_torch(graph)
     c, h, w = graph.input_shape

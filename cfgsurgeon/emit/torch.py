@@ -33,8 +33,13 @@ BN_EPS = 1e-5  # darknet's normalize_cpu
 # -- activations (darknet's activations.c / gemm.c) ------------------------------------------------------
 
 
-def _softplus(x: Tensor, threshold: float = 20.0) -> Tensor:
-    return torch.where(x > threshold, x, torch.where(x < -threshold, torch.exp(x), torch.log1p(torch.exp(x))))
+def _mish(x: Tensor) -> Tensor:
+    """x·tanh(softplus(x)) (darknet: softplus is x above 20) as x·n/(n + 2), n = eˣ(eˣ + 2): an identity.
+    Exported graphs keep its accuracy: ONNX has no log1p, and log(1 + eˣ) loses it for negative x (measured:
+    5e-4 relative in ONNX Runtime, 9e-3 in OpenVINO; this form ≤ 4e-7 in torch, ONNX Runtime and OpenVINO)."""
+    e = torch.exp(x.clamp(max=20.0))
+    n = e * (e + 2)
+    return torch.where(x > 20, x, x * n / (n + 2))
 
 
 def _stair(x: Tensor) -> Tensor:
@@ -69,7 +74,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "selu": lambda x: torch.where(x >= 0, 1.0507 * x, 1.0507 * 1.6732 * torch.expm1(x)),
     "gelu": lambda x: 0.5 * x * (1.0 + torch.tanh(0.797885 * x + 0.035677 * x**3)),
     "swish": lambda x: x * torch.sigmoid(x),
-    "mish": lambda x: x * torch.tanh(_softplus(x)),
+    "mish": _mish,
     "hard_mish": lambda x: torch.where(x > 0, x, torch.where(x > -2, x * x / 2 + x, torch.zeros_like(x))),
     "plse": lambda x: torch.where(
         x < -4, 0.01 * (x + 4), torch.where(x > 4, 0.01 * (x - 4) + 1, 0.125 * x + 0.5)

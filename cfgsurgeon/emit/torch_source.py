@@ -49,7 +49,11 @@ _ACTIVATION_HELPERS = {
     "selu": "return torch.where(x >= 0, 1.0507 * x, 1.0507 * 1.6732 * torch.expm1(x))",
     "gelu": "return 0.5 * x * (1.0 + torch.tanh(0.797885 * x + 0.035677 * x**3))",
     "swish": "return x * torch.sigmoid(x)",
-    "mish": "return x * torch.tanh(softplus_darknet(x))",
+    "mish": (
+        "e = torch.exp(x.clamp(max=20.0))\n"
+        "    n = e * (e + 2)\n"
+        "    return torch.where(x > 20, x, x * n / (n + 2))"
+    ),
     "hard_mish": "return torch.where(x > 0, x, torch.where(x > -2, x * x / 2 + x, torch.zeros_like(x)))",
     "plse": (
         "return torch.where(\n"
@@ -77,14 +81,7 @@ _ACTIVATION_HELPERS = {
 # Activations that are one torch function; "linear" is no call at all.
 _ACTIVATION_INLINE = {"relu": "torch.relu", "logistic": "torch.sigmoid", "tanh": "torch.tanh"}
 
-_SOFTPLUS = '''
-def softplus_darknet(x: Tensor, threshold: float = 20.0) -> Tensor:
-    """darknet's softplus (used by mish): x above the threshold, exp(x) below its negative."""
-    return torch.where(x > threshold, x, torch.where(x < -threshold, torch.exp(x), torch.log1p(torch.exp(x))))
-'''
-
 _HELPERS: dict[str, str] = {
-    "softplus_darknet": _SOFTPLUS,
     **{
         name: f'\ndef {name}(x: Tensor) -> Tensor:\n    """darknet activation {name!r}."""\n    {body}\n'
         for name, body in _ACTIVATION_HELPERS.items()
@@ -328,7 +325,6 @@ def softmax_darknet(x: Tensor, groups: int, temperature: float) -> Tensor:
     return torch.softmax(flat / temperature, dim=-1).reshape(x.shape)
 ''',
 }
-_NEEDS = {"mish": ("softplus_darknet",)}
 
 
 @dataclass
@@ -371,7 +367,6 @@ class TorchSourceEmitter:
 
     def use(self, helper: str) -> str:
         self.helpers.add(helper)
-        self.helpers.update(_NEEDS.get(helper, ()))
         return helper
 
     def activation(self, name: str, expr: str) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # The checkout is <root>/main and the read-only material is <root>/shared (in CI: ../shared beside the clone).
@@ -145,3 +146,29 @@ def cached_graph(path: Path):
     if path not in _GRAPHS:
         _GRAPHS[path] = load_cfg(path, warn=quiet)
     return _GRAPHS[path]
+
+
+# -- mish, element by element --------------------------------------------------------------------------------
+# Every YOLOv4-family layer uses mish; a scale-relative check of a whole model does not see an error of
+# log(1 + eˣ) for negative x, which converted graphs (ONNX, OpenVINO, TFLite) can lose and deep nets add up.
+MISH_TOLERANCE = 1e-6  # per element, relative, where |mish| > 1e-3 (measured ≤ 4e-7; log(1 + eˣ): up to 9e-3)
+MISH_CFG = "[net]\nwidth=6001\nheight=1\nchannels=1\n\n[convolutional]\nfilters=1\nsize=1\nactivation=mish\n"
+
+
+def mish_probe():
+    """An identity 1×1 convolution with mish, with weights, and its input: a line of 6001 values -30..30."""
+    from cfgsurgeon import loads_cfg
+
+    graph = loads_cfg(MISH_CFG, source="identity conv with mish", warn=quiet)
+    identity = {"biases": np.zeros(1, np.float32), "weights": np.ones((1, 1, 1, 1), np.float32)}
+    graph.layers[0].weights = identity
+    return graph, np.linspace(-30, 30, 6001, dtype=np.float32).reshape(1, 1, 1, -1)
+
+
+def mish_error(output, x) -> float:
+    """Largest relative error of ``output`` against mish(``x``) in float64, where |mish| > 1e-3."""
+    x64 = np.asarray(x, np.float64)
+    truth = x64 * np.tanh(np.logaddexp(0.0, x64))
+    visible = np.abs(truth) > 1e-3
+    got = np.asarray(output, np.float64).reshape(truth.shape)[visible]
+    return float((np.abs(got - truth[visible]) / np.abs(truth[visible])).max())

@@ -24,7 +24,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import MODELS_DIR, REPORT, ZOO, loadable_cfgs, quiet, section_headers
+from conftest import (
+    MISH_TOLERANCE,
+    MODELS_DIR,
+    REPORT,
+    ZOO,
+    loadable_cfgs,
+    mish_error,
+    mish_probe,
+    quiet,
+    section_headers,
+)
 
 from cfgsurgeon import (
     CfgError,
@@ -45,7 +55,7 @@ from test_detect import REFERENCE, deviations  # noqa: E402
 from test_torch_source import OPS_TREE, SYNTHETIC, TREE_TEXT, conv, load_graph, net, randomize, section  # noqa: E402
 
 from cfgsurgeon.cli import main  # noqa: E402
-from cfgsurgeon.emit.tf1 import TF1Emitter, output_names, tf1_source, write_tf1  # noqa: E402
+from cfgsurgeon.emit.tf1 import TF1Emitter, frozen_graph_def, output_names, tf1_source, write_tf1  # noqa: E402
 from cfgsurgeon.emit.torch import ACTIVATIONS, BUILDERS, to_torch  # noqa: E402
 from cfgsurgeon.runtimes import make_runner  # noqa: E402
 from cfgsurgeon.tree import has_tree  # noqa: E402
@@ -266,6 +276,14 @@ def test_frozen_graph_converts_with_openvino(isolated: tuple[dict, dict], case_i
     error = rel_error(_continuous(case_id, outputs), _continuous(case_id, found.expected))
     REPORT[f"tf1 -> openvino {case_id}"] = f"rel. error {error:.1e} vs torch"
     assert error <= TOLERANCE
+
+
+def test_mish_is_accurate_through_openvino(tmp_path: Path) -> None:
+    graph, x = mish_probe()
+    pb = tmp_path / "mish.pb"
+    pb.write_bytes(frozen_graph_def(graph).SerializeToString())
+    assert mish_error(_openvino_outputs(pb, output_names(graph), x)[0], x) <= MISH_TOLERANCE
+    assert mish_error(make_runner(graph, "tf1", model=pb)(x)[0], x) <= MISH_TOLERANCE
 
 
 # -- detections of the real yolov3-tiny ----------------------------------------------------------------------

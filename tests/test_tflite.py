@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import REPORT, SHARED_MARK, ZOO, quiet
+from conftest import MISH_TOLERANCE, REPORT, SHARED_MARK, ZOO, mish_error, mish_probe, quiet
 
 from cfgsurgeon import UsageError, load_cfg, read_weights
 
@@ -70,6 +70,12 @@ def test_float_tflite_matches_torch() -> None:
     error = max(relative_errors(model(x, ["yolo_30", "yolo_37"]), torch_outputs(graph, x)))
     REPORT["tflite float vs torch, yolov4-tiny 128"] = f"max relative error {error:.2e}"
     assert error < 1e-4
+
+
+def test_mish_is_accurate_in_float_tflite() -> None:
+    graph, x = mish_probe()
+    model = T.TFLiteModel(T.tflite_bytes(graph))
+    assert mish_error(model(x, model.output_names)[0], x) <= MISH_TOLERANCE
 
 
 @SHARED_MARK

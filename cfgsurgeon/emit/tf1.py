@@ -55,7 +55,11 @@ _ACTIVATION_HELPERS = {
     "selu": "return tf.where(x >= 0, 1.0507 * x, 1.0507 * 1.6732 * tf.math.expm1(x))",
     "gelu": "return 0.5 * x * (1.0 + tf.tanh(0.797885 * x + 0.035677 * x * x * x))",
     "swish": "return x * tf.sigmoid(x)",
-    "mish": "return x * tf.tanh(softplus_darknet(x))",
+    "mish": (  # as cfgsurgeon.emit.torch computes it: log(1 + eˣ) loses accuracy in converted graphs
+        "e = tf.exp(tf.minimum(x, 20.0))\n"
+        "    n = e * (e + 2)\n"
+        "    return tf.where(x > 20, x, x * n / (n + 2))"
+    ),
     "hard_mish": "return tf.where(x > 0, x, tf.where(x > -2, x * x / 2 + x, tf.zeros_like(x)))",
     "plse": (
         "return tf.where(\n"
@@ -92,14 +96,7 @@ _ACTIVATION_INLINE = {
     "leaky": "tf.nn.leaky_relu({}, alpha=0.1)",
 }
 
-_SOFTPLUS = '''
-def softplus_darknet(x):
-    """darknet's softplus (used by mish): x above the threshold 20, exp(x) below -20."""
-    return tf.where(x > 20.0, x, tf.where(x < -20.0, tf.exp(x), tf.math.log1p(tf.exp(x))))
-'''
-
 _HELPERS: dict[str, str] = {
-    "softplus_darknet": _SOFTPLUS,
     **{
         name: f'\ndef {name}(x):\n    """darknet activation {name!r} (channels last)."""\n    {body}\n'
         for name, body in _ACTIVATION_HELPERS.items()
@@ -299,7 +296,6 @@ def lrn_darknet(x, size, alpha, beta, kappa):
 ''',
 }
 _NEEDS = {
-    "mish": ("softplus_darknet",),
     "region_tree_darknet": ("grouped_softmax",),
     "softmax_tree_darknet": ("grouped_softmax",),
 }

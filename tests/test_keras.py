@@ -525,6 +525,19 @@ def test_custom_layer_reloads_from_keras_file(tmp_path: Path, cls: str, case: st
         np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize("suffix", [".keras", ""], ids=["keras-file", "saved-model"])
+def test_mish_activation_reloads(tmp_path: Path, suffix: str) -> None:
+    """mish is a standard Activation layer holding cfgsurgeon's registered function: both formats keep it."""
+    graph = small(net(3, 9, 11) + CASES["conv groups"] + "\n")
+    path = tmp_path / f"model{suffix}"
+    model = K.write_keras(graph, path)
+    reloaded = K.load_keras(path)
+    x = random_input(graph)
+    for ours, theirs in zip(K.run_keras(reloaded, x), K.run_keras(model, x), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert reloaded.get_layer("l1_mish").activation is K.mish
+
+
 @pytest.mark.slow
 def test_saved_model_reloads_with_identical_outputs(tmp_path: Path) -> None:
     graph = small(net(3, 32, 32) + STEM + CASES["route groups"] + "\n\n" + CASES["yolo"] + "\n")

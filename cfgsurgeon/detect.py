@@ -1,9 +1,9 @@
 """``darknet detector test`` in numpy: load a photo, resize it to the network, decode the heads, threshold,
 NMS and print the lines darknet prints (``-ext_output``), plus JSON and an annotated PNG.
 
-Every step follows darknet (AlexeyAB) closely enough to give its numbers: ``resize_image`` and
-``letterbox_image`` are computed in float32 in darknet's order of operations (bit-exact), the boxes and class
-probabilities are float32 as in darknet's ``detection`` structs, and the filters are darknet's:
+Every step follows darknet (AlexeyAB) closely enough to give its numbers: the photo is resized or
+letterboxed by :mod:`cfgsurgeon.images` (bit-exact float32), the boxes and class probabilities are float32
+as in darknet's ``detection`` structs, and the filters are darknet's:
 ``get_network_boxes`` (objectness > thresh for [yolo]; a class probability is kept only when > thresh),
 ``correct_yolo_boxes`` (undo letterboxing), ``do_nms_sort`` / ``diounms_sort`` (chosen by the last head's
 ``nms_kind``) and ``draw_detections_v3`` (print order). Fed stb-decoded pixels, yolov3-tiny prints exactly
@@ -27,6 +27,15 @@ import numpy as np
 from . import layers as L
 from .errors import UsageError
 from .files import atomic_output
+from .images import (  # the photo functions moved to images.py; the re-exports keep their old import path
+    letterbox_image,  # noqa: F401
+    letterbox_size,
+    load_image,
+    load_names,  # noqa: F401
+    network_input,
+    open_rgb,
+    resize_image,  # noqa: F401
+)
 from .ir import Graph
 from .postprocess import decode
 from .runtimes import Runner
@@ -60,115 +69,6 @@ class _Candidates:
     boxes: np.ndarray  # (n, 4) float32 centre x, centre y, width, height
     objectness: np.ndarray  # (n,) float32
     probs: np.ndarray  # (n, classes) float32, 0 where not above the threshold
-
-
-# -- input ---------------------------------------------------------------------------------------------------
-
-
-def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
-    """``channels×H×W`` float32 in [0, 1] (RGB, or stb's grey ``(77r + 150g + 29b) >> 8`` for 1 channel).
-
-    Like darknet's stb loader: no EXIF rotation, alpha dropped (not composited), values ``byte / 255``.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise UsageError(f"cannot read the image ({_reason(exc)})", str(path)) from None
-    if channels == 1:
-        r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
-        pixels = ((r * 77 + g * 150 + b * 29) >> 8)[None].astype(np.uint8)
-    elif channels == 3:
-        pixels = rgb.transpose(2, 0, 1)
-    else:
-        raise UsageError(f"networks with {channels} input channels cannot read photos (1 or 3 only)")
-    return (pixels / 255.0).astype(np.float32)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def load_names(path: str | Path) -> list[str]:
-    """Class names, one a line (darknet's ``get_labels``: a final newline adds no name, CRs are dropped)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise UsageError(f"cannot read the names file ({_reason(exc)})", str(path)) from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
-
-
-def resize_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    """darknet's ``resize_image``: bilinear with scale ``(in − 1)/(out − 1)``, columns first, then rows."""
-    img = np.asarray(img, dtype=np.float32)
-    if img.shape[1:] == (h, w):
-        return img.copy()
-    return _resize_rows(_resize_columns(img, w), h)
-
-
-def _scale(size_in: int, size_out: int) -> np.float32:
-    if size_out == 1:  # darknet divides by zero here; only the last pixel is ever read then
-        return np.float32(0)
-    return np.float32(size_in - 1) / np.float32(size_out - 1)
-
-
-def _resize_columns(img: np.ndarray, w: int) -> np.ndarray:
-    in_w = img.shape[2]
-    part = np.empty((*img.shape[:2], w), dtype=np.float32)
-    part[..., w - 1] = img[..., in_w - 1]  # the last column, and every column when the input has one
-    if w > 1 and in_w > 1:
-        sx = np.arange(w - 1, dtype=np.float32) * _scale(in_w, w)
-        ix = sx.astype(np.int64)
-        dx = sx - ix.astype(np.float32)
-        right = np.minimum(ix + 1, in_w - 1)
-        part[..., : w - 1] = (1 - dx) * img[..., ix] + dx * img[..., right]
-    elif w > 1:
-        part[...] = img[..., :1]
-    return part
-
-
-def _resize_rows(part: np.ndarray, h: int) -> np.ndarray:
-    in_h = part.shape[1]
-    sy = np.arange(h, dtype=np.float32) * _scale(in_h, h)
-    iy = sy.astype(np.int64)
-    dy = (sy - iy.astype(np.float32))[:, None]
-    out = (1 - dy) * part[:, iy, :]
-    if in_h > 1:  # darknet skips the second term on the last row (whatever its weight)
-        below = np.minimum(iy[:-1] + 1, in_h - 1)
-        out[:, :-1] += dy[:-1] * part[:, below, :]
-    return out
-
-
-def letterbox_size(image_w: int, image_h: int, net_w: int, net_h: int) -> tuple[int, int]:
-    """The size the photo is resized to inside the network input, keeping its aspect (darknet's rule)."""
-    if np.float32(net_w) / np.float32(image_w) < np.float32(net_h) / np.float32(image_h):
-        return net_w, (image_h * net_w) // image_w
-    return (image_w * net_h) // image_h, net_h
-
-
-def letterbox_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    """darknet's ``letterbox_image``: resize keeping the aspect, centred on a 0.5 grey canvas."""
-    img = np.asarray(img, dtype=np.float32)
-    new_w, new_h = letterbox_size(img.shape[2], img.shape[1], w, h)
-    canvas = np.full((img.shape[0], h, w), 0.5, dtype=np.float32)
-    dx, dy = (w - new_w) // 2, (h - new_h) // 2
-    canvas[:, dy : dy + new_h, dx : dx + new_w] = resize_image(img, new_w, new_h)
-    return canvas
-
-
-def network_input(graph: Graph, img: np.ndarray) -> np.ndarray:
-    """The photo as the network sees it: letterboxed when ``[net] letter_box=1``, else plainly resized."""
-    net = graph.net
-    if net.letter_box:
-        return letterbox_image(img, net.width, net.height)
-    return resize_image(img, net.width, net.height)
 
 
 # -- backends ------------------------------------------------------------------------------------------------
@@ -552,13 +452,9 @@ def _grouped(dets: Sequence[Detection]) -> list[list[Detection]]:
 
 def draw(image_path: str | Path, dets: Sequence[Detection], out_png: str | Path, classes: int = 80) -> None:
     """Write the photo with a coloured box and a ``name prob%`` label per box, as a PNG (atomically)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import ImageDraw, ImageFont
 
-    try:
-        with Image.open(image_path) as source:
-            image = source.convert("RGB")
-    except OSError as exc:
-        raise UsageError(f"cannot read the image ({_reason(exc)})", str(image_path)) from None
+    image = open_rgb(image_path)
     canvas = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=max(12, round(image.height * 0.03)))
     width = max(2, round(image.height * 0.005))

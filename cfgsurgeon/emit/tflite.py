@@ -9,7 +9,7 @@ reads them by name through the interpreter's signature runner. Quantisation (``q
 * ``dynamic``: int8 weights, float activations (dynamic range);
 * ``int8``: full-integer: int8 weights and activations, int8 input and outputs, with activation ranges
   calibrated on a representative dataset: real photos prepared exactly as ``detect`` prepares them
-  (``detect.load_image`` + ``detect.network_input``: letterboxed when the cfg says ``letter_box=1``).
+  (``images.load_image`` + ``images.network_input``: letterboxed when the cfg says ``letter_box=1``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import tf_keras as keras
 
 from ..errors import UsageError
 from ..files import atomic_output
+from ..images import load_image, network_input
 from ..ir import Graph
 from .keras import INPUT_NAME, output_names, to_keras
 
@@ -57,8 +58,6 @@ def calibration_paths(list_file: str | Path, count: int) -> list[Path]:
 def calibration_batches(graph: Graph, paths: list[Path]) -> Iterator[np.ndarray]:
     """Each photo as the network sees it in ``detect``, as a 1×C×H×W batch (a progress bar on a terminal)."""
     from tqdm import tqdm
-
-    from ..detect import load_image, network_input
 
     for path in tqdm(paths, desc="int8 calibration", unit="image", disable=None, leave=False):
         yield network_input(graph, load_image(path, graph.net.channels))[None]

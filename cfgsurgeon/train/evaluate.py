@@ -17,19 +17,31 @@
   the table). NaN where the denominator is 0 (``null`` in JSON).
 
 Box coordinates may be in any unit (IoU does not change under axis scaling); :func:`predict` uses the
-network input normalised to 0…1.
+network input normalised to 0…1. :func:`evaluate_data` also maps each detection back to the pixels of its
+photo (undoing the letterbox or the plain resize, as ``detect`` does), for the files it can write:
+
+* COCO results JSON (:func:`save_coco_json`): ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``
+  with ``bbox`` in photo pixels (left, top, width, height; not clipped to the photo, as scored) and
+  ``category_id`` the class's 0-based line in the names file. ``image_id`` is the photo's file name without
+  its extension, as an int when every photo's stem is all digits (COCO's ``000000139.jpg`` → 139), else as a
+  string for every photo (pycocotools sorts the ids, so they must all be of one type).
+* darknet txt (:func:`save_darknet_txt`): ``NAME.txt`` per photo ``NAME.ext``, a line per detection
+  ``<class> <cx> <cy> <w> <h> <prob>``, the label layout normalised to the photo, plus the probability.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
+from ..files import atomic_output, refuse_overwrite
 from ..ir import Graph
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -65,12 +77,14 @@ class Metrics:
         """JSON-ready: NaN becomes None."""
         return _json_safe(asdict(self))
 
-    def table_lines(self) -> list[str]:
-        """The per-class table, then the overall line."""
+    def table_lines(self, all_classes: bool = False) -> list[str]:
+        """The per-class table, then the overall line. Without ``all_classes`` a class is listed only when
+        it has ground truth or detections above ``pr_thresh`` (a COCO model on 4 classes: 4 rows, not 80)."""
+        listed = [c for c in self.per_class if all_classes or c.truths or c.detections]
         lines = [
             f"{'class':<16} {'truths':>7} {'dets':>7} {'P':>7} {'R':>7} {'mAP@.5':>7} {'mAP@.5:.95':>10}"
         ]
-        for c in self.per_class:
+        for c in listed:
             lines.append(
                 f"{c.name[:16]:<16} {c.truths:>7} {c.detections:>7} {_fmt(c.P):>7} {_fmt(c.R):>7} "
                 f"{_fmt(c.AP50):>7} {_fmt(c.AP50_95):>10}"
@@ -84,6 +98,11 @@ class Metrics:
             f"{self.images} images; P and R at confidence > {self.pr_thresh:g} and IoU 0.5; "
             "mAP: COCO 101-point interpolation"
         )
+        if len(listed) < len(self.per_class):
+            hidden = len(self.per_class) - len(listed)
+            lines.append(
+                f"{hidden} of {len(self.per_class)} classes have neither truths nor detections: not listed"
+            )
         return lines
 
 
@@ -109,14 +128,17 @@ def score(
     truths: Sequence[np.ndarray],
     names: Sequence[str],
     pr_thresh: float = 0.25,
+    classes: Sequence[int] | None = None,
 ) -> Metrics:
     """Metrics from per-image ``detections`` (``n×6 [class, score, x0, y0, x1, y1]``) and ``truths``
-    (``k×5 [class, x0, y0, x1, y1]``), images in the same order."""
+    (``k×5 [class, x0, y0, x1, y1]``), images in the same order. ``classes`` (ids): score only these, so
+    mAP, P and R are over them alone; all of ``names`` by default."""
     if len(detections) != len(truths):
         raise ValueError(f"{len(detections)} detection lists for {len(truths)} images")
     dets = [np.asarray(d, dtype=np.float64).reshape(-1, 6) for d in detections]
     gts = [np.asarray(t, dtype=np.float64).reshape(-1, 5) for t in truths]
-    per_class = [_class_metrics(k, name, dets, gts, pr_thresh) for k, name in enumerate(names)]
+    chosen = range(len(names)) if classes is None else classes
+    per_class = [_class_metrics(k, names[k], dets, gts, pr_thresh) for k in chosen]
     scored = [c for c in per_class if c.truths > 0]
     tp = sum(c.true_positives for c in per_class)
     found = sum(c.detections for c in per_class)
@@ -220,11 +242,18 @@ def average_precision(tp: np.ndarray, truths: int) -> np.ndarray:
 
 
 def predict(
-    model, dataset, conf_thresh: float = 0.001, iou_thresh: float = 0.45, batch_size: int = 16
+    model,
+    dataset,
+    conf_thresh: float = 0.001,
+    iou_thresh: float = 0.45,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Run ``model`` (a :class:`~cfgsurgeon.emit.torch.DarknetModel`, or a :class:`Graph` with weights) over
-    an un-augmented ``dataset``; per image, detections ``n×6`` and truths ``k×5`` in network-input units."""
+    an un-augmented ``dataset``; per image, detections ``n×6`` and truths ``k×5`` in network-input units.
+    ``progress``: a bar over the images on stderr, shown only when stderr is a terminal."""
     import torch
+    from tqdm import tqdm
 
     from ..detect import detections as decode_detections
     from ..detect import head_layers
@@ -239,8 +268,9 @@ def predict(
     found, truths = [], []
     was_training = net.training
     net.eval()
+    bar = tqdm(total=len(dataset), desc="eval", unit="image", leave=False, disable=None if progress else True)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), bar:
             for images, targets, _ in make_loader(dataset, batch_size):
                 outputs = [out.float().cpu().numpy() for out in net(images.to(device), keep=keep)]
                 for i in range(len(images)):
@@ -249,6 +279,7 @@ def predict(
                     )
                     found.append(_rows(dets, net_wh))
                     truths.append(to_corners(targets[targets[:, 0] == i, 1:].numpy()))
+                bar.update(len(images))
     finally:
         net.train(was_training)
     return found, truths
@@ -283,6 +314,66 @@ def evaluate(
     return score(found, truths, names, pr_thresh)
 
 
+# -- cfgsurgeon eval: a .data file's split, with timing and the boxes in photo pixels ------------------------
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How a photo becomes the network input, as ``detect`` does it: letterboxed (aspect ratio kept, grey
+    borders) when the cfg's ``[net]`` says ``letter_box=1``, else resized to width × height."""
+
+    letterbox: bool
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, graph: Graph) -> Preparation:
+        return cls(bool(graph.net.letter_box), graph.net.width, graph.net.height)
+
+    def describe(self) -> str:
+        size = f"{self.width}×{self.height}"
+        if self.letterbox:
+            return f"images letterboxed to {size}: aspect ratio kept, grey borders (the cfg's letter_box=1)"
+        return f"images resized to {size} without keeping their aspect ratio (the cfg has no letter_box=1)"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "description": self.describe()}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``cfgsurgeon eval`` reports and saves."""
+
+    metrics: Metrics
+    images: list[Path]
+    image_sizes: list[tuple[int, int]]  # each photo's width, height
+    detections: list[np.ndarray]  # per photo, n×6 [class, prob, x0, y0, x1, y1] in its pixels
+    seconds: float  # predicting and scoring, reading the photos included
+    preparation: Preparation
+    missing_labels: int  # images without a label file
+    classes: list[int] | None  # the classes scored (and kept in ``detections``); None: all
+    inputs: list[Path]  # the files read (image list, photos, labels): never written over
+
+    @property
+    def ms_per_image(self) -> float:
+        return self.seconds * 1000.0 / len(self.images) if self.images else math.nan
+
+    def timing_line(self) -> str:
+        """``scored 100 images in 12.3 s (123 ms/image)``."""
+        return f"scored {len(self.images)} images in {self.seconds:.1f} s ({self.ms_per_image:.0f} ms/image)"
+
+    def to_dict(self) -> dict:
+        """The metrics' dictionary, plus timing, preparation, missing labels and the classes scored."""
+        extra = {
+            "seconds": self.seconds,
+            "ms_per_image": self.ms_per_image,
+            "preparation": self.preparation.to_dict(),
+            "missing_labels": self.missing_labels,
+            "classes": self.classes,
+        }
+        return _json_safe({**self.metrics.to_dict(), **extra})
+
+
 def evaluate_data(
     graph: Graph,
     data: str | Path,
@@ -291,17 +382,174 @@ def evaluate_data(
     iou_thresh: float = 0.45,
     pr_thresh: float = 0.25,
     batch_size: int = 16,
-    warn=print,
-) -> Metrics:
-    """``cfgsurgeon eval``: the metrics of ``graph`` (weights loaded) on a ``.data`` file's split."""
+    warn: Callable[[str], None] = print,
+    classes: str | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """``cfgsurgeon eval``: ``graph`` (weights loaded) on a ``.data`` file's split. ``classes``: ids or names,
+    comma separated (:func:`select_classes`); ``progress``: a bar on a terminal (see :func:`predict`).
+
+    A split where no image has a label file is refused (a wrong folder layout, not a dataset without
+    objects); when some have none, ``warn`` says how many and names one."""
     from ..detect import _common_classes, head_layers
-    from .dataset import DetectionDataset, read_data_file
+    from .dataset import DetectionDataset, find_label, read_data_file
 
     spec = read_data_file(data)
-    classes = _common_classes(head_layers(graph))
-    if classes != spec.classes:
-        raise UsageError(f"classes={spec.classes}, but the model has {classes} classes", str(spec.source))
+    model_classes = _common_classes(head_layers(graph))
+    if model_classes != spec.classes:
+        message = f"classes={spec.classes}, but the model has {model_classes} classes"
+        raise UsageError(message, str(spec.source))
+    chosen = None if classes is None else select_classes(classes, spec.names, spec.source)
     dataset = DetectionDataset.from_data(spec, split, graph, augment=False)
-    if dataset.missing_labels:
-        warn(f"{dataset.missing_labels} of {len(dataset)} images have no label file (counted as empty)")
-    return evaluate(graph, dataset, conf_thresh, iou_thresh, pr_thresh, batch_size, names=spec.names)
+    image_list = spec.train if split == "train" else spec.valid
+    labels = [find_label(image) for image in dataset.images]
+    _check_labels(dataset.images, labels, image_list, warn)
+    start = time.perf_counter()
+    found, truths = predict(graph, dataset, conf_thresh, iou_thresh, batch_size, progress)
+    metrics = score(found, truths, spec.names, pr_thresh, chosen)
+    seconds = time.perf_counter() - start
+    if chosen is not None:
+        found = [rows[np.isin(rows[:, 0], chosen)] for rows in found]
+    preparation = Preparation.of(graph)
+    sizes = [_photo_size(image) for image in dataset.images]
+    return Evaluation(
+        metrics=metrics,
+        images=dataset.images,
+        image_sizes=sizes,
+        detections=[photo_boxes(rows, size, preparation) for rows, size in zip(found, sizes, strict=True)],
+        seconds=seconds,
+        preparation=preparation,
+        missing_labels=dataset.missing_labels,
+        classes=chosen,
+        inputs=[image_list, *dataset.images, *(label for label in labels if label is not None)],
+    )
+
+
+def select_classes(text: str, names: Sequence[str], source: str | Path) -> list[int]:
+    """Class ids from ``text``: ids or names (a name wins over an id), comma separated; sorted, unique."""
+    chosen = set()
+    for item in (part.strip() for part in text.split(",")):
+        if item in names:
+            chosen.add(list(names).index(item))
+        elif item.isascii() and item.isdigit() and int(item) < len(names):
+            chosen.add(int(item))
+        else:
+            shown = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
+            raise UsageError(
+                f"unknown class '{item}': expected an id 0..{len(names) - 1} or a name ({shown})", str(source)
+            )
+    return sorted(chosen)
+
+
+def _check_labels(images: list[Path], labels: list[Path | None], image_list: Path, warn) -> None:
+    from .dataset import label_path
+
+    missing = [image for image, label in zip(images, labels, strict=True) if label is None]
+    if not missing:
+        return
+    example = label_path(missing[0])
+    if len(missing) == len(images):
+        raise UsageError(
+            f"none of its {len(images)} images has a label file (for the first, {missing[0]}, looked for "
+            f"{example}: the image's path with the extension .txt, or images/ → labels/)",
+            str(image_list),
+        )
+    warn(
+        f"{image_list}: {len(missing)} of {len(images)} images have no label file (counted as images without "
+        f"objects), e.g. {example}"
+    )
+
+
+def _photo_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:  # reads the header only
+        return image.size
+
+
+def photo_boxes(rows: np.ndarray, image_wh: tuple[int, int], preparation: Preparation) -> np.ndarray:
+    """Detections ``[class, prob, x0, y0, x1, y1]`` normalised to the network input → the same in the photo's
+    pixels, undoing the letterbox (darknet's ``correct_yolo_boxes``) or the plain resize."""
+    from ..detect import correct_letterbox
+
+    corners = rows[:, 2:6]
+    if preparation.letterbox:
+        centred = np.c_[(corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]]
+        boxes = correct_letterbox(centred, image_wh, (preparation.width, preparation.height))
+        corners = np.c_[boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2].astype(np.float64)
+    out = rows.copy()
+    out[:, 2:6] = corners * np.tile(np.asarray(image_wh, dtype=np.float64), 2)
+    return out
+
+
+# -- saving detections ---------------------------------------------------------------------------------------
+
+
+def image_ids(images: Sequence[Path]) -> list[int | str]:
+    """COCO ``image_id`` per photo: its stem, as an int when every stem is all digits (see the module doc)."""
+    stems = [Path(image).stem for image in images]
+    numeric = all(stem.isascii() and stem.isdigit() for stem in stems)
+    ids: list[int | str] = [int(stem) if numeric else stem for stem in stems]
+    _refuse_duplicates(ids, images, "image_id")
+    return ids
+
+
+def _refuse_duplicates(keys: Sequence, images: Sequence[Path], what: str) -> None:
+    first: dict = {}
+    for key, image in zip(keys, images, strict=True):
+        if key in first:
+            raise UsageError(f"{first[key]} and {image} would both be {what} {key!r}; rename one")
+        first[key] = image
+
+
+def coco_results(evaluation: Evaluation) -> list[dict]:
+    """The detections in the COCO results format (see the module doc)."""
+    results = []
+    for image_id, rows in zip(image_ids(evaluation.images), evaluation.detections, strict=True):
+        for class_id, prob, x0, y0, x1, y1 in rows.tolist():
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(class_id),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(str(np.float32(prob))),  # the float32's shortest digits: same order
+                }
+            )
+    return results
+
+
+def save_coco_json(evaluation: Evaluation, path: str | Path) -> Path:
+    """Write :func:`coco_results` to ``path`` (atomically; never over one of the files evaluated)."""
+    path = Path(path)
+    refuse_overwrite([path], list(evaluation.inputs))
+    results = coco_results(evaluation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, "w") as out:
+        json.dump(results, out)
+        out.write("\n")
+    return path
+
+
+def darknet_lines(rows: np.ndarray, image_wh: tuple[int, int]) -> list[str]:
+    """``<class> <cx> <cy> <w> <h> <prob>`` per detection (photo pixels in), normalised to the photo."""
+    w, h = image_wh
+    lines = []
+    for class_id, prob, x0, y0, x1, y1 in rows.tolist():
+        box = ((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h)
+        lines.append(f"{int(class_id)} " + " ".join(f"{v:.6f}" for v in (*box, prob)))
+    return lines
+
+
+def save_darknet_txt(evaluation: Evaluation, folder: str | Path) -> list[Path]:
+    """Write ``folder/NAME.txt`` per photo ``NAME.ext`` (:func:`darknet_lines`; empty without detections),
+    each atomically; refuses to write over a file evaluated (a label file beside its photo, say)."""
+    folder = Path(folder)
+    stems = [image.stem for image in evaluation.images]
+    _refuse_duplicates(stems, evaluation.images, "written to the same file, stem")
+    outputs = [folder / f"{stem}.txt" for stem in stems]
+    refuse_overwrite(outputs, list(evaluation.inputs))
+    folder.mkdir(parents=True, exist_ok=True)
+    for out, rows, size in zip(outputs, evaluation.detections, evaluation.image_sizes, strict=True):
+        with atomic_output(out, "w") as file:
+            file.write("".join(line + "\n" for line in darknet_lines(rows, size)))
+    return outputs

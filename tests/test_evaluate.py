@@ -288,3 +288,85 @@ def test_eval_command_refuses_a_class_count_mismatch(nano_run, tmp_path):
     result = CliRunner().invoke(main, ["eval", "--cfg", cfg, "--weights", str(weights), "--data", str(bad)])
     assert result.exit_code != 0
     assert "four.data" in result.output and "4" in result.output and "Traceback" not in result.output
+
+
+# -- eval's class selection, table and saved boxes, by hand -------------------------------------------------
+
+
+def _hand_case():
+    """The scene of test_precision_recall_and_ap_by_hand."""
+    truths = [np.array([[0, 0, 0, 10, 10]]), np.array([[1, 0, 0, 10, 10], [1, 20, 20, 30, 30]])]
+    dets = [
+        np.array([[0, 0.9, 0, 0, 10, 10], [0, 0.8, 0, 0, 10, 10], [0, 0.1, 50, 50, 60, 60]]),
+        np.array([[1, 0.7, 0, 0, 10, 6.2], [0, 0.6, 20, 20, 30, 30]]),
+    ]
+    return dets, truths
+
+
+def test_score_a_subset_of_classes():
+    """Only 'b': one detection above 0.25, a hit → P = 1; one of its two truths → R = 1/2; AP50 = 51/101."""
+    m = score(*_hand_case(), ["a", "b", "c"], classes=[1])
+    assert [c.name for c in m.per_class] == ["b"]
+    assert (m.P, m.R, m.truths) == (1.0, 0.5, 2)
+    assert m.mAP50 == pytest.approx(51 / 101)
+
+
+def test_table_lists_classes_with_truths_or_detections():
+    m = score(*_hand_case(), ["a", "b", "c"])
+    names = [line.split()[0] for line in m.table_lines()[1:-2]]
+    assert names == ["a", "b", "all"]
+    assert m.table_lines()[-1] == "1 of 3 classes have neither truths nor detections: not listed"
+    every = [line.split()[0] for line in m.table_lines(all_classes=True)[1:-1]]
+    assert every == ["a", "b", "c", "all"]
+
+
+def test_select_classes_by_id_or_name():
+    from cfgsurgeon.errors import UsageError
+    from cfgsurgeon.train.evaluate import select_classes
+
+    assert select_classes("2, circle,2", ["circle", "square", "triangle"], "x.data") == [0, 2]
+    for bad in ("3", "dog", "1,", "-1"):
+        with pytest.raises(UsageError, match=r"x\.data: unknown class"):
+            select_classes(bad, ["circle", "square", "triangle"], "x.data")
+
+
+@pytest.mark.parametrize(
+    ("letterbox", "photo", "expected"),
+    [
+        # 200×100 letterboxed into 128×128: 128×64 placed 32 px down; the box spans network pixels x 32…64,
+        # y 48…80 → photo x 32·200/128 = 50 … 100, y (48 − 32)·100/64 = 25 … 75
+        (True, (200, 100), [50, 25, 100, 75]),
+        # 100×200: 64×128 placed 32 px right → x (32 − 32)·100/64 = 0 … 50, y 48·200/128 = 75 … 125
+        (True, (100, 200), [0, 75, 50, 125]),
+        # a plain resize only scales: x 0.25·200 … 0.5·200, y 0.375·100 … 0.625·100
+        (False, (200, 100), [50, 37.5, 100, 62.5]),
+    ],
+)
+def test_photo_boxes_by_hand(letterbox, photo, expected):
+    from cfgsurgeon.train.evaluate import Preparation, photo_boxes
+
+    rows = np.array([[2, 0.5, 0.25, 0.375, 0.5, 0.625]])
+    out = photo_boxes(rows, photo, Preparation(letterbox, 128, 128))
+    np.testing.assert_allclose(out[0, 2:], expected, atol=1e-4)  # darknet's float32 arithmetic
+    assert list(out[0, :2]) == [2, 0.5]
+    assert photo_boxes(np.zeros((0, 6)), photo, Preparation(letterbox, 128, 128)).shape == (0, 6)
+
+
+def test_darknet_lines_by_hand():
+    from cfgsurgeon.train.evaluate import darknet_lines
+
+    # 50…100 × 25…75 in a 200×100 photo: centre (75/200, 50/100), size (50/200, 50/100)
+    lines = darknet_lines(np.array([[1, 0.25, 50, 25, 100, 75]]), (200, 100))
+    assert lines == ["1 0.375000 0.500000 0.250000 0.500000 0.250000"]
+
+
+def test_image_ids_are_stems_ints_when_all_digits():
+    from pathlib import Path
+
+    from cfgsurgeon.errors import UsageError
+    from cfgsurgeon.train.evaluate import image_ids
+
+    assert image_ids([Path("a/000000000139.jpg"), Path("b/2.png")]) == [139, 2]
+    assert image_ids([Path("a/1.jpg"), Path("b/x1.png")]) == ["1", "x1"]  # one type for pycocotools' sort
+    with pytest.raises(UsageError, match=r"a/1\.jpg and b/01\.png would both be image_id 1"):
+        image_ids([Path("a/1.jpg"), Path("b/01.png")])

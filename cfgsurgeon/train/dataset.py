@@ -17,23 +17,51 @@ Conventions (darknet's):
 Samples are ``(image C×H×W float32 in [0, 1], targets K×5 [class, cx, cy, w, h], path)``; targets are
 normalised to the network input after letterbox and augmentation. Augmentation (training): darknet's jitter
 (a random crop/pad of up to ``jitter`` of each side, then resize), horizontal flip and HSV distortion (hue
-shift, saturation and exposure scales from ``[net]``). Mosaic is not implemented. Every random draw comes from
-a generator seeded with ``(seed, epoch, index)``, so batches do not depend on worker count or order.
+shift, saturation and exposure scales from ``[net]``). Every random draw comes from a generator seeded with
+``(seed, epoch, index)``, so batches do not depend on worker count or order.
+
+Mosaic (``mosaic=1`` in ``[net]``), as darknet's ``load_data_detection``: a centre point is drawn in 20–80 %
+of the network width and height; four images, each jittered, flipped and colour-distorted on its own to the
+full network size (a *tile*), are placed with their inner corner on that point, one per quadrant (0 top-left,
+1 top-right, 2 bottom-left, 3 bottom-right), and each quadrant shows the part of its tile nearest the centre.
+A tile whose window reaches past its photo (fill) on an inner side is pushed across the centre by that fill,
+at most a quadrant (darknet's ``left_shift`` … ``bot_shift``); half of the tiles first move their window to
+the photo's outer edges, putting all the fill on the inner sides (darknet's "move each 2nd image to the
+corner"). Boxes are shifted with their tile, clipped to their quadrant, and dropped when not wider and
+taller than ``MIN_BOX_PIXELS``. Where this differs from darknet:
+
+* darknet makes half of its *batches* mosaics; here each sample is one with probability ``MOSAIC_SHARE``
+  (0.5), drawn from the sample's generator like everything else.
+* The sample is one of the four, in a random quadrant; the other three are drawn without replacement from the
+  other images (darknet draws four random paths, repeats allowed), so no rectangle appears twice.
+* Boxes are always clipped to their quadrant, as darknet's ``mosaic_bound=1``: darknet's default clips only to
+  the canvas, so a box can extend over a neighbouring tile's pixels. ``mosaic_bound`` is not read.
+* darknet refuses to train ``letter_box=1`` with ``mosaic=1`` (which the Scaled-YOLOv4 cfgs, e.g.
+  ``yolov4-csp.cfg``, set); here each tile is letterboxed (grey bands, then jitter) before it is cut.
+* The fill hidden by the shift is measured in the window's own scale (darknet divides by the photo's size,
+  ``−pleft·w/ow``, which is off when the window is not the photo's size), rounded down as darknet does.
+* Fill is darknet's letterbox grey 0.5, not the photo's mean colour (as in every augmented sample here);
+  ``mixup``, ``blur``, ``gaussian_noise`` and ``resize`` are not done (darknet ignores ``cutmix`` for
+  detectors, and ``cutmix=1`` with ``mosaic=1`` is mosaic, as here).
+
+Multi-scale training (``random=`` in the last ``[yolo]``/``[region]``) is a schedule the trainer applies per
+optimizer step: :func:`multiscale_settings`, :func:`multiscale_size` and :func:`resize_batch`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from .. import layers as L
 from ..detect import letterbox_image, letterbox_size, load_image, load_names, resize_image
-from ..errors import Location, UsageError
+from ..errors import CfgError, Location, UsageError
 from ..ir import Graph
 
 GREY = 0.5  # darknet's letterbox fill, also used for the pixels a jitter crop adds
@@ -299,30 +327,47 @@ def _base_window(image_wh: tuple[int, int], net_wh: tuple[int, int], letterbox: 
 
 # -- augmentation --------------------------------------------------------------------------------------------
 
+MOSAIC_SHARE = 0.5  # darknet makes half of its batches mosaics; here each sample is one with this chance
+MOSAIC_CENTRE = (0.2, 0.8)  # the centre point's range, as a share of the network width / height
+
 
 @dataclass(frozen=True)
 class Augment:
-    """darknet's training augmentation: ``jitter`` (per [yolo]), ``hue``, ``saturation``, ``exposure`` and
-    ``flip`` (from [net]; darknet's defaults)."""
+    """darknet's training augmentation: ``jitter`` (of the last [yolo]/[region], as darknet reads it),
+    ``hue``, ``saturation``, ``exposure``, ``flip`` and ``mosaic`` (from [net]; darknet's defaults)."""
 
     jitter: float = 0.2
     hue: float = 0.0
     saturation: float = 1.0
     exposure: float = 1.0
     flip: bool = True
+    mosaic: bool = False
 
     @classmethod
     def from_graph(cls, graph: Graph) -> Augment:
-        net = graph.net.options
-        heads = [layer for layer in graph.layers if isinstance(layer, L.Yolo | L.Region)]
-        jitter = float(heads[0].options.get("jitter", "0.2")) if heads else 0.2
+        net = graph.net
+        heads = _heads(graph)
+        jitter = _option(heads[-1], "jitter", 0.2, float) if heads else 0.2
         return cls(
             jitter=min(max(jitter, 0.0), 0.45),  # darknet's crop must keep a positive size
-            hue=float(net.get("hue", "0")),
-            saturation=float(net.get("saturation", "1")),
-            exposure=float(net.get("exposure", "1")),
-            flip=net.get("flip", "1").strip() != "0",
+            hue=_option(net, "hue", 0.0, float),
+            saturation=_option(net, "saturation", 1.0, float),
+            exposure=_option(net, "exposure", 1.0, float),
+            flip=_option(net, "flip", 1, int) != 0,
+            mosaic=_option(net, "mosaic", 0, int) != 0,
         )
+
+
+def _heads(graph: Graph) -> list[L.Layer]:
+    return [layer for layer in graph.layers if isinstance(layer, L.Yolo | L.Region)]
+
+
+def _option(node: L.Node, key: str, default: float, kind: type) -> Any:
+    """A training option darknet reads with ``option_find_*`` (not typed in :mod:`cfgsurgeon.layers`); a
+    malformed value is a :class:`CfgError` naming its line."""
+    option = L.Opt(default, kind)
+    option.__set_name__(type(node), key)
+    return option.__get__(node, type(node))
 
 
 def _rand_scale(rng: np.random.Generator, s: float) -> float:
@@ -338,6 +383,87 @@ def _jitter_window(rng: np.random.Generator, base: tuple[int, ...], jitter: floa
     left, top = left + int(moves[0]), top + int(moves[1])
     right, bottom = right - int(moves[2]), bottom - int(moves[3])
     return (left, top, max(right, left + 1), max(bottom, top + 1))
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """One image's random augmentation, drawn before it is applied (so mosaic can move the window)."""
+
+    window: tuple[int, ...]  # the photo region (left, top, right, bottom pixels) that fills the input
+    flip: bool
+    hue: float
+    saturation: float
+    exposure: float
+
+
+def _draw(rng: np.random.Generator, aug: Augment, base: tuple[int, ...]) -> _Draw:
+    window = _jitter_window(rng, base, aug.jitter)
+    flip = bool(aug.flip and rng.random() < 0.5)
+    hue = rng.uniform(-aug.hue, aug.hue)
+    return _Draw(window, flip, hue, _rand_scale(rng, aug.saturation), _rand_scale(rng, aug.exposure))
+
+
+# -- mosaic geometry -----------------------------------------------------------------------------------------
+# Quadrants are numbered as darknet's i_mixup: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right.
+
+
+def _quadrant(quadrant: int, centre: tuple[int, int], net_wh: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The canvas region (left, top, right, bottom) of ``quadrant`` around ``centre``."""
+    (cx, cy), (w, h) = centre, net_wh
+    right, bottom = quadrant % 2, quadrant // 2
+    return (cx if right else 0, cy if bottom else 0, w if right else cx, h if bottom else cy)
+
+
+def _to_corner(
+    window: tuple[int, ...], image_wh: tuple[int, int], quadrant: int, flip: bool
+) -> tuple[int, ...]:
+    """darknet's "move each 2nd image to the corner": the window keeps its size but starts at the photo's
+    outer edges, so all of its fill lies on the tile's inner sides, where :func:`_tile_offset` hides it."""
+    left, top, right, bottom = window
+    width, height = right - left, bottom - top
+    inner_is_right = (quadrant % 2 == 0) != flip  # the left column's inner side; a flip mirrors the photo
+    left = 0 if inner_is_right else image_wh[0] - width
+    top = 0 if quadrant // 2 == 0 else image_wh[1] - height
+    return (left, top, left + width, top + height)
+
+
+def _fill(
+    window: tuple[int, ...], image_wh: tuple[int, int], net_wh: tuple[int, int], flip: bool
+) -> tuple[int, ...]:
+    """Network pixels of fill (outside the photo) on each side of a tile: left, top, right, bottom."""
+    left, top, right, bottom = window
+    scale_x, scale_y = net_wh[0] / (right - left), net_wh[1] / (bottom - top)
+    fill_left, fill_right = int(max(0, -left) * scale_x), int(max(0, right - image_wh[0]) * scale_x)
+    if flip:
+        fill_left, fill_right = fill_right, fill_left
+    return (fill_left, int(max(0, -top) * scale_y), fill_right, int(max(0, bottom - image_wh[1]) * scale_y))
+
+
+def _tile_offset(
+    quadrant: int, centre: tuple[int, int], net_wh: tuple[int, int], fill: tuple[int, ...]
+) -> tuple[int, int]:
+    """Where a tile's top-left corner lands on the canvas: its inner corner on the centre point, pushed
+    across it by the fill on its inner sides (at most a quadrant), so the quadrant shows photo rather than
+    fill (darknet's ``left_shift`` … ``bot_shift``)."""
+    (cx, cy), (w, h) = centre, net_wh
+    fill_left, fill_top, fill_right, fill_bottom = fill
+    x = cx - min(cx, fill_left) if quadrant % 2 else cx + min(w - cx, fill_right) - w
+    y = cy - min(cy, fill_top) if quadrant // 2 else cy + min(h - cy, fill_bottom) - h
+    return x, y
+
+
+def _quadrant_targets(
+    targets: np.ndarray, net_wh: tuple[int, int], region: tuple[int, ...], offset: tuple[int, int]
+) -> np.ndarray:
+    """A tile's targets on the canvas: shifted by ``offset``, clipped to ``region`` (darknet's
+    ``mosaic_bound=1``), boxes thinner than :data:`MIN_BOX_PIXELS` dropped."""
+    left, top, right, bottom = region
+    source = (left - offset[0], top - offset[1], right - offset[0], bottom - offset[1])
+    inside = _window_targets(targets, net_wh, source)
+    inside = clip_targets(inside, (MIN_BOX_PIXELS / (right - left), MIN_BOX_PIXELS / (bottom - top)))
+    # placing the region on the canvas is cropping it to a window that reaches past it on every side
+    canvas = (-left, -top, net_wh[0] - left, net_wh[1] - top)
+    return _window_targets(inside, (right - left, bottom - top), canvas)
 
 
 def distort_hsv(img: np.ndarray, hue: float, saturation: float, exposure: float) -> np.ndarray:
@@ -433,32 +559,81 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``(C×H×W float32 image, K×5 targets)`` as the network sees them (numpy)."""
-        img = load_image(self.images[index], self.channels)
-        image_wh = (img.shape[2], img.shape[1])
-        targets = self.labels[index]
         if self.augment is None:
+            img = self._load(index)
+            image_wh = (img.shape[2], img.shape[1])
             if self.letterbox:
-                return letterbox_image(img, *self.net_wh), letterbox_targets(targets, image_wh, self.net_wh)
-            return resize_image(img, *self.net_wh), targets.copy()
+                targets = letterbox_targets(self.labels[index], image_wh, self.net_wh)
+                return letterbox_image(img, *self.net_wh), targets
+            return resize_image(img, *self.net_wh), self.labels[index].copy()
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        return self._augmented(img, targets, rng)
+        if self.augment.mosaic and rng.random() < MOSAIC_SHARE:
+            return self._mosaic(index, rng)
+        img = self._load(index)
+        out, targets = self._apply(img, self.labels[index], self._draw(img, rng))
+        return out, clip_targets(targets, (MIN_BOX_PIXELS / self.net_wh[0], MIN_BOX_PIXELS / self.net_wh[1]))
 
-    def _augmented(
-        self, img: np.ndarray, targets: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        aug = self.augment
-        assert aug is not None
+    def _load(self, index: int) -> np.ndarray:
+        return load_image(self.images[index], self.channels)
+
+    def _draw(self, img: np.ndarray, rng: np.random.Generator) -> _Draw:
+        assert self.augment is not None
         image_wh = (img.shape[2], img.shape[1])
-        window = _jitter_window(rng, _base_window(image_wh, self.net_wh, self.letterbox), aug.jitter)
-        out = resize_image(_crop(img, window), *self.net_wh)
-        targets = _window_targets(targets, image_wh, window)
-        if aug.flip and rng.random() < 0.5:
+        return _draw(rng, self.augment, _base_window(image_wh, self.net_wh, self.letterbox))
+
+    def _apply(self, img: np.ndarray, targets: np.ndarray, draw: _Draw) -> tuple[np.ndarray, np.ndarray]:
+        """The image at network size and its (unclipped) targets after ``draw``'s crop, flip and colours."""
+        image_wh = (img.shape[2], img.shape[1])
+        out = resize_image(_crop(img, draw.window), *self.net_wh)
+        targets = _window_targets(targets, image_wh, draw.window)
+        if draw.flip:
             out = np.ascontiguousarray(out[:, :, ::-1])
             targets[:, 1] = 1.0 - targets[:, 1]
-        hue = rng.uniform(-aug.hue, aug.hue)
-        out = distort_hsv(out, hue, _rand_scale(rng, aug.saturation), _rand_scale(rng, aug.exposure))
-        min_size = (MIN_BOX_PIXELS / self.net_wh[0], MIN_BOX_PIXELS / self.net_wh[1])
-        return out, clip_targets(targets, min_size)
+        return distort_hsv(out, draw.hue, draw.saturation, draw.exposure), targets
+
+    def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Four augmented images around a random centre point, each showing the quadrant nearest its inner
+        corner (darknet's ``load_data_detection`` with ``mosaic=1``)."""
+        net_w, net_h = self.net_wh
+        low, high = MOSAIC_CENTRE
+        centre = (
+            int(rng.integers(int(net_w * low), int(net_w * high), endpoint=True)),
+            int(rng.integers(int(net_h * low), int(net_h * high), endpoint=True)),
+        )
+        canvas = np.empty((self.channels, net_h, net_w), dtype=np.float32)
+        targets = [
+            self._paste_tile(canvas, quadrant, image_index, centre, rng)
+            for quadrant, image_index in enumerate(self._mosaic_images(index, rng))
+        ]
+        return canvas, np.concatenate(targets)
+
+    def _paste_tile(
+        self, canvas: np.ndarray, quadrant: int, index: int, centre: tuple[int, int], rng: np.random.Generator
+    ) -> np.ndarray:
+        """Augment image ``index``, paste its part into ``quadrant`` of ``canvas``; its targets there."""
+        img = self._load(index)
+        image_wh = (img.shape[2], img.shape[1])
+        draw = self._draw(img, rng)
+        if rng.random() < 0.5:
+            draw = replace(draw, window=_to_corner(draw.window, image_wh, quadrant, draw.flip))
+        tile, targets = self._apply(img, self.labels[index], draw)
+        region = _quadrant(quadrant, centre, self.net_wh)
+        x, y = offset = _tile_offset(
+            quadrant, centre, self.net_wh, _fill(draw.window, image_wh, self.net_wh, draw.flip)
+        )
+        left, top, right, bottom = region
+        canvas[:, top:bottom, left:right] = tile[:, top - y : bottom - y, left - x : right - x]
+        return _quadrant_targets(targets, self.net_wh, region, offset)
+
+    def _mosaic_images(self, index: int, rng: np.random.Generator) -> list[int]:
+        """The sample and three other images (distinct where the dataset has enough), the sample in a random
+        quadrant."""
+        others = len(self.images) - 1
+        picks = [index] * 3
+        if others > 0:
+            picks = [int(p) + int(p >= index) for p in rng.choice(others, size=3, replace=others < 3)]
+        picks.insert(int(rng.integers(4)), index)
+        return picks
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, str]]):
@@ -486,3 +661,86 @@ def make_loader(
         generator=generator,
         persistent_workers=False,
     )
+
+
+# -- multi-scale training ------------------------------------------------------------------------------------
+
+MULTISCALE_EVERY = 10  # darknet draws a new input size every 10 iterations
+MULTISCALE_LAST_STEPS = 100  # and trains the last 100 at the largest size
+
+
+class MultiScale(NamedTuple):
+    """What ``random=`` asks for: sizes from about ``net / factor`` to ``net · factor``, in multiples of
+    ``resize_step``."""
+
+    factor: float
+    resize_step: int
+
+
+def multiscale_settings(graph: Graph) -> MultiScale | None:
+    """The multi-scale training the cfg asks for, None if it does not.
+
+    darknet reads ``random`` of the *last* [yolo]/[region] section only (``train_detector``), as a float:
+    0 is off, exactly 1 means the factor 1.4, any other value is the factor itself (``random=1.5``). A
+    factor below 1 draws from the same range as its inverse, so it is inverted. ``resize_step`` comes from
+    [net] (default 32, read as a float and truncated).
+    """
+    heads = _heads(graph)
+    if not heads:
+        return None
+    random = _option(heads[-1], "random", 0.0, float)
+    if random < 0:
+        raise CfgError(f"option 'random' must be 0, 1 or a factor, not {random}", heads[-1].where("random"))
+    if random == 0:
+        return None
+    resize_step = int(_option(graph.net, "resize_step", 32.0, float))
+    if resize_step <= 0:
+        raise CfgError("option 'resize_step' must be positive", graph.net.where("resize_step"))
+    return MultiScale(1.4 if random == 1 else max(random, 1 / random), resize_step)
+
+
+def multiscale_size(
+    net_wh: tuple[int, int],
+    step: int,
+    seed: int,
+    every: int = MULTISCALE_EVERY,
+    factor: float = 1.4,
+    resize_step: int = 32,
+    total_steps: int | None = None,
+) -> tuple[int, int]:
+    """The input size (width, height) of optimizer ``step`` under darknet's ``random=1`` multi-scale training.
+
+    One size per window of ``every`` steps, drawn from ``(seed, window)`` alone: darknet's
+    ``rand_scale(factor)`` (a scale in [1, factor], inverted half of the time) applied to both sides, each
+    rounded as darknet does, ``round(scale · side / resize_step + 1) · resize_step`` — note the ``+ 1``: for
+    416 and 1.4 the sizes are 320, 352, … 608; a scale below 1 that rounds above the cfg's size gives the
+    cfg's size. Like darknet, the
+    first window and the windows that start in the last 100 of ``total_steps`` (when given) use the largest
+    size (darknet checks memory first and trains the end at full size). Targets are normalised, so only
+    the images change (:func:`resize_batch`). Differences: darknet counts windows from the start of each
+    process, not from step 0, and its ``dynamic_minibatch`` (batch size following the area) is not done.
+    """
+    window = step // every
+    at_end = total_steps is not None and window * every > total_steps - MULTISCALE_LAST_STEPS
+    largest = window == 0 or at_end
+    scale = factor if largest else _rand_scale(np.random.default_rng((seed, window)), factor)
+    width, height = (_size_multiple(scale, side, resize_step) for side in net_wh)
+    if scale < 1 and (width > net_wh[0] or height > net_wh[1]):
+        return net_wh
+    return width, height
+
+
+def _size_multiple(scale: float, side: int, resize_step: int) -> int:
+    """darknet's ``roundl(scale · side / resize_step + 1) · resize_step`` in float32, at least one step."""
+    steps = np.float32(scale) * np.float32(side) / np.float32(resize_step) + np.float32(1)
+    return max(int(math.floor(steps + 0.5)) * resize_step, resize_step)  # roundl: halves away from zero
+
+
+def resize_batch(images: torch.Tensor, wh: tuple[int, int]) -> torch.Tensor:
+    """An ``N×C×H×W`` batch resized to ``wh`` (width, height) bilinearly, with darknet's ``resize_image``
+    sampling (corner pixels aligned). darknet loads each photo at the new size instead; resizing the
+    batch costs one more interpolation but keeps the data loader at one size."""
+    width, height = wh
+    if images.shape[-2:] == (height, width):
+        return images
+    return torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=True)

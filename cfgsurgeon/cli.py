@@ -135,6 +135,74 @@ def rewrite(cfg: Path, weights: Path | None, outdir: Path) -> None:
 
 @main.command()
 @CFG
+@WEIGHTS
+@click.option("--classes", type=click.IntRange(1), help="Number of classes. Default: the lines of --names.")
+@click.option(
+    "--names",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The new class names (one a line, as darknet's .names). With --old-names, a new class whose name "
+    "the model already knows keeps that class's trained weights.",
+)
+@click.option(
+    "--old-names",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The names of the model's current classes (e.g. coco.names).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the new classes' initial weights.")
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for <name>.cfg (and <name>.weights).",
+)
+def retarget(
+    cfg: Path,
+    weights: Path | None,
+    classes: int | None,
+    names: Path | None,
+    old_names: Path | None,
+    seed: int,
+    outdir: Path,
+) -> None:
+    """Retarget a detector to another set of classes (darknet's custom-dataset recipe): every [yolo]/[region]
+    head gets classes=N and the convolution feeding it filters = anchors × (5 + N); every other tensor is
+    kept. New classes that match an old one by name inherit its weights, so the model scores them as before
+    (e.g. COCO's yolov3-tiny → bus/car/motorbike/truck); the others start from small random weights. The
+    written .weights count seen=0, so darknet fine-tunes them with its burn-in."""
+    from .detect import load_names
+    from .emit.cfg import write_cfg
+    from .surgery.retarget import match_classes
+    from .surgery.retarget import retarget as retarget_graph
+    from .weights import WeightsHeader, write_weights
+
+    new_names = load_names(names) if names is not None else None
+    classes = classes if classes is not None else len(new_names) if new_names else None
+    if classes is None:
+        raise UsageError("give --classes N or --names FILE")
+    if old_names is not None and new_names is None:
+        raise UsageError("--old-names needs --names (the new classes are matched by name)")
+    sources = match_classes(new_names[:classes], load_names(old_names)) if old_names and new_names else None
+    if sources is not None:
+        sources += [None] * (classes - len(sources))
+    graph = retarget_graph(_load(cfg, weights), classes, sources, seed)
+    outdir.mkdir(parents=True, exist_ok=True)
+    out_cfg, out_weights = outdir / f"{cfg.stem}.cfg", outdir / f"{(weights or cfg).stem}.weights"
+    refuse_overwrite([out_cfg, out_weights], [cfg, weights, names, old_names])
+    write_cfg(graph, out_cfg)
+    click.echo(f"wrote {out_cfg} ({classes} classes)")
+    if sources is not None and new_names is not None:
+        kept = [f"{new_names[k]} <- {s}" for k, s in enumerate(sources) if s is not None]
+        click.echo(f"inherited: {', '.join(kept) or 'none'}; initialised afresh: {sources.count(None)}")
+    if weights is not None:
+        old = graph.weights_header or WeightsHeader()
+        size = write_weights(graph, out_weights, WeightsHeader(old.major, old.minor, old.revision, 0))
+        click.echo(f"wrote {out_weights} ({size:,} bytes, seen=0)")
+
+
+@main.command()
+@CFG
 @click.option(
     "-o",
     "--output",

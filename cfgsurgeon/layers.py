@@ -793,6 +793,10 @@ LAYER_TYPES: dict[str, type[Layer]] = {
     for name in cls.names
 }
 
+# The detection heads whose input is laid out per anchor as [box entries…, class scores…] (Gaussian_yolo is a
+# Yolo): what `darknet detector test` decodes, training scores and retargeting resizes.
+ANCHOR_HEADS: tuple[type[Layer], ...] = (Yolo, Region)
+
 UNSUPPORTED = {
     "rnn": "recurrent layers are not supported",
     "gru": "recurrent layers are not supported",

@@ -31,6 +31,7 @@ photo (undoing the letterbox or the plain resize, as ``detect`` does), for the f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -502,6 +503,21 @@ def _refuse_duplicates(keys: Sequence, images: Sequence[Path], what: str) -> Non
         first[key] = image
 
 
+def _refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """:func:`~cfgsurgeon.files.refuse_overwrite` for thousands of files: pairs found by inode, not by
+    comparing every output with every input."""
+    by_inode = {}
+    for source in inputs:
+        with contextlib.suppress(OSError):
+            stat = source.stat()
+            by_inode[(stat.st_dev, stat.st_ino)] = source
+    for out in outputs:
+        with contextlib.suppress(OSError):
+            stat = out.stat()
+            if (stat.st_dev, stat.st_ino) in by_inode:
+                refuse_overwrite([out], [by_inode[(stat.st_dev, stat.st_ino)]])
+
+
 def coco_results(evaluation: Evaluation) -> list[dict]:
     """The detections in the COCO results format (see the module doc)."""
     results = []
@@ -521,7 +537,7 @@ def coco_results(evaluation: Evaluation) -> list[dict]:
 def save_coco_json(evaluation: Evaluation, path: str | Path) -> Path:
     """Write :func:`coco_results` to ``path`` (atomically; never over one of the files evaluated)."""
     path = Path(path)
-    refuse_overwrite([path], list(evaluation.inputs))
+    _refuse_overwriting_inputs([path], evaluation.inputs)
     results = coco_results(evaluation)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path, "w") as out:
@@ -547,7 +563,7 @@ def save_darknet_txt(evaluation: Evaluation, folder: str | Path) -> list[Path]:
     stems = [image.stem for image in evaluation.images]
     _refuse_duplicates(stems, evaluation.images, "written to the same file, stem")
     outputs = [folder / f"{stem}.txt" for stem in stems]
-    refuse_overwrite(outputs, list(evaluation.inputs))
+    _refuse_overwriting_inputs(outputs, evaluation.inputs)
     folder.mkdir(parents=True, exist_ok=True)
     for out, rows, size in zip(outputs, evaluation.detections, evaluation.image_sizes, strict=True):
         with atomic_output(out, "w") as file:

@@ -451,7 +451,7 @@ def test_help_explains_every_option():
         "--save-txt": "<class> <cx> <cy> <w> <h> <prob>",
         "--classes": "ids or names",
         "--all-classes": "by default only classes with ground truth",
-        "--split": "--split",
+        "--split": "Which image list of the .data file",
     }.items():
         assert option in text and words in text, option
     assert "letter_box=1" in text

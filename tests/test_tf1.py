@@ -5,8 +5,10 @@ such a frozen graph (``detect --backend tf1``).
 Every generated file is run in a separate interpreter that cannot import cfgsurgeon (``-I -S``: only
 tensorflow's and numpy's folders on sys.path; cwd an empty temp dir). Its frozen graph's outputs must match
 the torch backend within 1e-4 relative (``max|a - b| / max|b|`` per output); one frozen graph per kind of
-model is also converted with ``openvino.convert_model`` and run in f32. The heavy cases (yolov4, the
-collection sweep, ...) are marked ``slow``.
+model is also converted with ``openvino.convert_model`` and run in f32. The grouped-convolution cases
+also run with oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's kernels on CPUs without it), whatever
+this CPU's default; otherwise the clean interpreter inherits this process's setting. The heavy cases
+(yolov4, the collection sweep, ...) are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ CASES = {
     "ops_d": Case("ops_d", None),  # shortcuts of unequal widths, negative-stride upsample, LRN windows
     "ops_e": Case("ops_e", None, scale=4.0),  # xnor / binary convolutions on every path of darknet's code
     "ops_tree": Case("ops_tree", None),  # softmax trees in [softmax] and [region] (a small tree file)
+    "grouped": Case("grouped", None),  # grouped and depthwise convolutions: bias, BN, dilation, stride
     "yolov3-tiny_xnor": Case("yolov3-tiny_xnor", 96),
     "yolov4": Case("yolov4", 128, slow=True),
     "yolov4-slim": Case("yolov4", 128, prune="slim", slow=True),
@@ -111,6 +114,25 @@ CASES = {
     "yolov4-sam-mish-csp-reorg-bfm": Case("yolov4-sam-mish-csp-reorg-bfm", 128, slow=True),  # [sam], reorg3d
 }
 FAST = [case_id for case_id, case in CASES.items() if not case.slow]
+PROBE = section("detection")  # an identity head: exposes the tensor before it
+GROUPED = "\n".join(
+    [
+        net(16),
+        conv(8, 3, "leaky", bn=1),  # 0
+        conv(8, 3, "leaky", groups=2),  # 1: bias + activation, the pattern grappler fuses
+        PROBE,  # 2
+        conv(16, 3, "swish", groups=4, stride=2),  # 3
+        conv(16, 3, "mish", bn=1, groups=4, dilation=2),  # 4
+        PROBE,  # 5
+        conv(16, 3, "linear", groups=16, dilation=2, stride=2),  # 6: groups = channels, not depthwise in TF
+        conv(32, 3, "relu", groups=16),  # 7: depthwise, channel multiplier 2
+        conv(24, 1, "logistic", groups=8),  # 8
+        PROBE,  # 9
+    ]
+)
+# Grouped convolutions take other kernels without oneDNN (TF_ENABLE_ONEDNN_OPTS=0, and CPUs where TF leaves
+# it off), where a fused Conv2D + BiasAdd refuses groups: these cases run there too, whatever this CPU is.
+WITHOUT_ONEDNN = ["grouped", "ops_a"]
 SLOW = [case_id for case_id, case in CASES.items() if case.slow]
 
 RUNNER = """
@@ -144,6 +166,8 @@ def _model(case: Case, seed: int, folder: Path) -> Graph:
     if case.name == "ops_tree":  # the tree file beside the cfg, where tree=small.tree is looked for
         (folder / "small.tree").write_text(TREE_TEXT)
         graph = randomize(loads_cfg(OPS_TREE, str(folder / "ops_tree.cfg"), warn=quiet), seed=seed)
+    elif case.name == "grouped":
+        graph = randomize(loads_cfg(GROUPED, "grouped.cfg", warn=quiet), seed=seed)
     else:
         graph = randomize(load_graph(case.name, case.size), seed=seed)
     if case.prune:
@@ -180,8 +204,11 @@ def _prepare(case_id: str, case: Case, folder: Path) -> tuple[dict, Prepared]:
     return job, prepared
 
 
-def _run_isolated(case_ids: list[str], folder: Path) -> tuple[dict, dict[str, Prepared | str]]:
-    """Generate every case, then run all generated files in one clean interpreter (one TF import)."""
+def _run_isolated(
+    case_ids: list[str], folder: Path, onednn: str | None = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+) -> tuple[dict, dict[str, Prepared | str]]:
+    """Generate every case, then run all generated files in one clean interpreter (one TF import), with
+    ``TF_ENABLE_ONEDNN_OPTS=onednn`` when given (by default as this process has it)."""
     jobs, prepared = [], {}
     for case_id in case_ids:
         try:
@@ -194,6 +221,8 @@ def _run_isolated(case_ids: list[str], folder: Path) -> tuple[dict, dict[str, Pr
     cwd = folder / "cwd"
     cwd.mkdir()
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "HOME": str(cwd)}
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
     command = [sys.executable, "-I", "-S", "-c", RUNNER.format(dirs=dirs), str(folder / "jobs.json")]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -203,6 +232,13 @@ def _run_isolated(case_ids: list[str], folder: Path) -> tuple[dict, dict[str, Pr
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict[str, Prepared | str]]:
     return _run_isolated(FAST, tmp_path_factory.mktemp("tf1"))
+
+
+@pytest.fixture(scope="module")
+def isolated_without_onednn(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[dict, dict[str, Prepared | str]]:
+    return _run_isolated(WITHOUT_ONEDNN, tmp_path_factory.mktemp("tf1_no_onednn"), onednn="0")
 
 
 @pytest.fixture(scope="module")
@@ -238,20 +274,26 @@ def _continuous(case_id: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
     return [array[:, keep] for array in arrays]
 
 
-def _check_case(runs: tuple[dict, dict], case_id: str) -> None:
+def _check_case(runs: tuple[dict, dict], case_id: str, setting: str = "") -> None:
     found = _found(runs, case_id)
     with np.load(found.output) as outputs:
         assert outputs.files == output_names(found.graph)
         arrays = [outputs[name] for name in outputs.files]
     error = rel_error(_continuous(case_id, arrays), _continuous(case_id, found.expected))
     seconds = runs[0]["seconds"][case_id]
-    REPORT[f"tf1 {case_id}"] = f"{len(arrays)} outputs, rel. error {error:.1e} vs torch ({seconds:.1f} s)"
+    figures = f"{len(arrays)} outputs, rel. error {error:.1e} vs torch ({seconds:.1f} s)"
+    REPORT[f"tf1 {case_id}{setting}"] = figures
     assert error <= TOLERANCE
 
 
 @pytest.mark.parametrize("case_id", FAST)
 def test_frozen_graph_matches_torch(isolated: tuple[dict, dict], case_id: str) -> None:
     _check_case(isolated, case_id)
+
+
+@pytest.mark.parametrize("case_id", WITHOUT_ONEDNN)
+def test_frozen_graph_matches_torch_without_onednn(isolated_without_onednn: tuple[dict, dict], case_id: str):
+    _check_case(isolated_without_onednn, case_id, " (TF_ENABLE_ONEDNN_OPTS=0)")
 
 
 @pytest.mark.slow
@@ -269,7 +311,7 @@ def _openvino_outputs(pb: Path, names: list[str], x: np.ndarray) -> list[np.ndar
     return [np.asarray(by_name[f"{name}:0"] if f"{name}:0" in by_name else by_name[name]) for name in names]
 
 
-@pytest.mark.parametrize("case_id", ["yolov4-tiny", "ops_a", "ops_b", "ops_c"])
+@pytest.mark.parametrize("case_id", ["yolov4-tiny", "ops_a", "ops_b", "ops_c", "grouped"])
 def test_frozen_graph_converts_with_openvino(isolated: tuple[dict, dict], case_id: str) -> None:
     found = _found(isolated, case_id)
     outputs = _openvino_outputs(found.pb, output_names(found.graph), found.x)

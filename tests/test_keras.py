@@ -15,6 +15,9 @@ shapes and NCHW layout.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -220,6 +223,66 @@ def test_layer_matches_torch(name: str) -> None:
             shape = layer.weights["weights"].shape
             layer.weights = {"weights": np.random.default_rng(5).normal(0, 1.5, shape).astype(np.float32)}
     compare(graph, random_input(graph) * 4 - 1)
+
+
+# Grouped convolutions, bias and batch norm, strided and dilated, depthwise, binary: without oneDNN
+# (TF_ENABLE_ONEDNN_OPTS=0, or a CPU where TensorFlow leaves it off) grappler fuses Conv2D + BiasAdd in
+# traced graphs into a kernel that refuses groups, which eager calls never meet.
+GROUPED = (
+    net(3, 9, 11)
+    + STEM
+    + "\n\n".join(
+        [
+            CONV + "filters=6\nsize=3\npad=1\ngroups=2\nactivation=leaky",
+            CONV + "filters=12\nsize=3\npad=1\ngroups=3\nstride=2\ndilation=2\nactivation=linear",
+            CONV + "filters=12\nsize=3\npad=1\ngroups=12\nbatch_normalize=1\nactivation=mish",
+            CONV + "filters=8\nsize=1\ngroups=4\nactivation=logistic",
+            CONV + "filters=8\nsize=3\npad=1\ngroups=2\nbinary=1\nactivation=linear",
+        ]
+    )
+    + "\n"
+)
+
+_TRACED_AND_TFLITE = """
+import sys
+import numpy as np
+from cfgsurgeon import load_cfg, read_weights
+from cfgsurgeon.emit import keras as K
+from cfgsurgeon.emit.tflite import TFLiteModel, tflite_bytes
+cfg, weights, x, out = sys.argv[1:]
+graph = load_cfg(cfg)
+read_weights(graph, weights)
+x = np.load(x)
+(traced,) = K.traced_forward(K.to_keras(graph))(x)
+(lite,) = TFLiteModel(tflite_bytes(graph))(x)
+np.savez(out, traced=traced, lite=lite)
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_grouped_convolutions_in_traced_graphs_and_tflite(onednn: str, tmp_path: Path) -> None:
+    graph = small(GROUPED)
+    paths = {name: tmp_path / name for name in ("grouped.cfg", "grouped.weights", "x.npy", "out.npz")}
+    paths["grouped.cfg"].write_text(GROUPED)
+    write_weights(graph, paths["grouped.weights"])
+    x = random_input(graph)
+    np.save(paths["x.npy"], x)
+    env = os.environ | {"TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", _TRACED_AND_TFLITE, *map(str, paths.values())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (expected,) = torch_outputs(graph, x)
+    with np.load(paths["out.npz"]) as found:
+        errors = relative_errors([found["traced"], found["lite"]], [expected, expected])
+    REPORT[f"keras grouped convolutions, TF_ENABLE_ONEDNN_OPTS={onednn}"] = (
+        f"traced graph {errors[0]:.1e}, float TFLite {errors[1]:.1e} vs torch"
+    )
+    assert max(errors) <= TOLERANCE, errors
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

@@ -77,3 +77,28 @@ def check_binary_conv(layer: L.Convolutional) -> None:
             "handles only stride 1, padding 1, same-size output there (undefined result)",
             layer.where("xnor"),
         )
+
+
+def check_pool(layer: L.MaxPool) -> None:
+    """Pooling with ``antialiasing``: darknet pools at stride 1 and blurs, another output size than ours."""
+    if layer.antialiasing:
+        raise CfgError(
+            f"layer {layer.index} [{layer.header}] antialiasing is not supported", layer.where("antialiasing")
+        )
+
+
+def check_reorg(layer: L.Reorg3d) -> None:
+    if layer.reverse:
+        raise CfgError(
+            f"layer {layer.index} [{layer.header}] reverse=1 is not supported", layer.where("reverse")
+        )
+
+
+def check_region_tree(layer: L.Region) -> None:
+    """darknet's tree softmax starts at entry 5 of each box whatever ``coords`` is."""
+    if layer.coords != 4:
+        raise CfgError(
+            f"layer {layer.index} [region] tree= with coords={layer.coords}: darknet applies the tree "
+            "at entry 5 of each box whatever coords is (undefined result); use coords=4",
+            layer.where("tree"),
+        )

@@ -259,15 +259,6 @@ def _train(
     return Stage(name, result.graph, result.weights.with_suffix(".cfg"), result.weights)
 
 
-def slim_gammas(graph: Graph) -> np.ndarray:
-    """|γ| of the BN channels that ``slim`` may remove (the ones sparse training penalises)."""
-    from .train.sparsity import penalised_channels
-
-    masks = penalised_channels(graph, "slim")
-    parts = [np.abs(graph.layers[index].weights["scales"][mask]) for index, mask in masks.items()]
-    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
-
-
 def _prune(context: _Context, sparse: Stage, baseline_bflops: float) -> tuple[Stage, PruneChoice]:
     from .emit.cfg import write_cfg
     from .surgery.prune import report, report_markdown
@@ -292,6 +283,7 @@ def _prune(context: _Context, sparse: Stage, baseline_bflops: float) -> tuple[St
 def choose_prune(graph: Graph, plan: DemoPlan, baseline_bflops: float):
     """Slim-prune ``graph`` at the ratio the module's documentation describes: (PruneResult, PruneChoice)."""
     from .surgery.prune import prune
+    from .train.sparsity import slim_gammas
 
     bound = prune(graph, "slim", percent=0.0).selection.ratio_bound
     share = float(np.mean(slim_gammas(graph) < plan.prune_gamma))
@@ -322,7 +314,7 @@ def _ratio_for_budget(graph: Graph, low: float, high: float, budget: float) -> t
 
 
 def _plot_gammas(graph: Graph, path: Path, title: str) -> None:
-    from .train.sparsity import plot_gamma_histogram
+    from .train.sparsity import plot_gamma_histogram, slim_gammas
 
     plot_gamma_histogram(slim_gammas(graph), path, title)
 

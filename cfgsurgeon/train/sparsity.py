@@ -141,6 +141,22 @@ def fraction_small(values: np.ndarray, limit: float = SMALL_GAMMA) -> float:
     return float((np.abs(values) < limit).mean()) if len(values) else 0.0
 
 
+def slim_gammas(graph: Graph) -> np.ndarray:
+    """|γ| of the BN channels that ``slim`` may remove (those sparse training penalises)."""
+    masks = penalised_channels(graph, "slim")
+    parts = [np.abs(graph.layers[index].weights["scales"][mask]) for index, mask in masks.items()]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def safe_slim_ratio(graph: Graph, limit: float = SMALL_GAMMA) -> float:
+    """The share of slim's candidate channels with |γ| below ``limit``, capped at the largest ratio that
+    leaves every layer a channel: what ``prune --method slim`` can remove at no predicted cost."""
+    from ..surgery.prune import prune
+
+    bound = prune(graph, "slim", percent=0.0).selection.ratio_bound
+    return min(fraction_small(slim_gammas(graph), limit), bound)
+
+
 def plot_gamma_histogram(values: np.ndarray, path: str | Path, title: str) -> Path:
     """A PNG histogram of |γ| (written atomically), with the share below :data:`SMALL_GAMMA` in the title."""
     import matplotlib

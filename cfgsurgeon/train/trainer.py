@@ -6,13 +6,22 @@ Defaults come from the cfg's ``[net]`` as darknet reads them (``batch``, ``subdi
 conventions kept: ``batch`` images per optimizer step, split into ``subdivisions`` accumulated micro-batches;
 weight decay on convolution and connected weights only (never BN scales or biases); the burn-in ramp
 ``lr·(step/burn_in)^power``. The run's length is set in epochs (``max_steps`` can cut it shorter); ``steps=``
-positions are given by darknet relative to ``max_batches``, so they are rescaled to the run's length.
+positions are given by darknet relative to ``max_batches``, so they are rescaled to the run's length,
+and so is ``burn_in`` (capped at a tenth of the run): a cfg's ``burn_in=1000`` of ``max_batches=500200`` is
+not a 1,000-step warm-up of a 1,280-step fine-tune. A test cfg's ``batch=1`` is not trained with: the run
+uses :data:`DEFAULT_BATCH` instead and says so.
+
+Guards (:mod:`cfgsurgeon.train.monitor`): a loss that climbs well above its running level, or a validation
+mAP that collapses (``eval_every``), stops the run with :class:`TrainingDiverged`; ``last.pt`` then still
+holds the last healthy epoch and ``best.pt`` the best evaluated one. ``patience`` stops a run that no longer
+improves. Without a terminal, progress lines are logged every ``log_every`` seconds.
 
 Outputs (``output`` folder, rank 0 only): ``last.pt`` (our checkpoint format, :mod:`cfgsurgeon.convert`,
 plus a ``"train"`` entry with the optimizer, scaler and counters, written every ``checkpoint_every`` epochs
 and at the end; ``resume=`` continues from it), ``<cfg name>.weights`` (final darknet weights) with a copy
 of the cfg beside it, ``gamma/epoch_NNN.png`` (|γ| histograms of the penalised BN channels) and
-``history.json``.
+``history.json`` with ``history.png`` (loss, lr, validation mAP and sparsity per epoch); with ``eval_every``
+also ``best.pt`` and ``<cfg name>_best.weights`` (the epoch of highest validation mAP@0.5).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the same call runs DDP, gloo on CPU and nccl on CUDA,
 each rank taking ``batch / world`` images of every step through a ``DistributedSampler`` (the union over
@@ -50,11 +59,18 @@ from ..weights import WeightsHeader, read_weights, write_weights
 from . import options as opt
 from .distill import Distiller
 from .loss import YoloLoss, yolo_heads
-from .sparsity import Schedule, SparsityPenalty, fraction_small, plot_gamma_histogram
+from .monitor import DivergenceGuard, EarlyStop, ProgressLines, TrainingStopped, format_duration, plot_history
+from .sparsity import Schedule, SparsityPenalty, fraction_small, plot_gamma_histogram, safe_slim_ratio
 
 OPTIMIZERS = ("sgd", "adam")
 LR_POLICIES = ("constant", "steps", "step", "poly", "cosine")
 POLICY_ALIASES = {"sgdr": "cosine"}  # darknet's SGDR with one cycle is a cosine decay
+DEFAULT_BATCH = 16  # images per step when the cfg's [net] is a test setting (batch=1)
+WARMUP_SHARE = 0.1  # a burn-in taken from the cfg is at most this share of the run
+
+
+class TrainingDiverged(UsageError):
+    """The run stopped because the loss or the validation mAP ran away; the message says what to change."""
 
 
 @dataclass
@@ -94,6 +110,13 @@ class TrainConfig:
     gamma_plots: bool = True
     progress: bool = True
     checkpoint_every: int = 1  # epochs
+    eval_every: int = 0  # evaluate on the data's valid split every N epochs (0: never); keeps best.pt
+    patience: int | None = None  # stop after this many evaluations without a better mAP@0.5
+    max_map_drop: float = 0.5  # a validation mAP@0.5 below (1 - this) × the best counts as divergence
+    diverge_factor: float = 3.0  # smoothed loss above this × its lowest level ... (0: never)
+    diverge_steps: int = 10  # ... for this many consecutive steps counts as divergence
+    log_every: float = 30.0  # seconds between progress lines when stderr is not a terminal
+    multiscale: bool | None = None  # darknet's random=1 input sizes; None: as the cfg's heads say
 
 
 @dataclass
@@ -108,6 +131,12 @@ class EpochRecord:
     lr: float  # at the last step
     small_gamma: float  # share of penalised |γ| < 0.01
     seconds: float
+    epoch_steps: int = 0  # optimizer steps run in this epoch
+    safe_ratio: float | None = None  # slim ratio removable at no predicted cost (sparse training only)
+    P: float | None = None  # validation metrics, on evaluated epochs
+    R: float | None = None
+    map50: float | None = None
+    map50_95: float | None = None
 
 
 @dataclass
@@ -119,6 +148,8 @@ class TrainResult:
     weights: Path | None = None  # final .weights (None on ranks other than 0)
     checkpoint: Path | None = None
     plots: list[Path] = field(default_factory=list)
+    best: Path | None = None  # best.pt of the highest validation mAP@0.5 (with eval_every)
+    stopped: str | None = None  # why the run ended before its last step (early stopping)
 
 
 # -- schedules ---------------------------------------------------------------------------------------------
@@ -138,6 +169,7 @@ class LearningRate:
     step_size: int = 1
     step_scale: float = 1.0
     minimum: float = 0.0
+    warmup_note: str = ""  # where the warm-up length came from
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
@@ -155,6 +187,25 @@ class LearningRate:
             )
         return self.base
 
+    def describe(self) -> str:
+        """One line: warm-up, then the policy, as this run applies them."""
+        warm = "no warm-up, "
+        if self.warmup:
+            ramp = f"lr·(step/{self.warmup})^{self.power:g}{self.warmup_note}"
+            warm = f"warm-up {self.warmup} steps ({ramp}), then "
+        if self.policy == "steps":
+            changes = ", ".join(
+                f"×{s:g} at step {at}" for at, s in zip(self.steps, self.scales, strict=False)
+            )
+            policy = f"steps ({changes or 'no change'})"
+        elif self.policy == "step":
+            policy = f"×{self.step_scale:g} every {self.step_size} steps"
+        elif self.policy == "cosine":
+            policy = f"cosine to {self.minimum:g}"
+        else:
+            policy = self.policy
+        return f"lr {self.base:g}: {warm}{policy}; {self.total} steps"
+
 
 def learning_rate(graph: Graph, config: TrainConfig, total: int) -> LearningRate:
     net = graph.net
@@ -170,10 +221,12 @@ def learning_rate(graph: Graph, config: TrainConfig, total: int) -> LearningRate
     scales = tuple(opt.numbers(net, "scales"))
     if policy == "steps" and len(scales) < len(steps):
         raise UsageError("[net] steps= and scales= need the same number of values", net.where("scales"))
+    warmup, note = _warmup(net, config, total, stretch)
     return LearningRate(
         base=config.lr if config.lr is not None else opt.number(net, "learning_rate", 0.001),
         total=total,
-        warmup=config.warmup if config.warmup is not None else opt.integer(net, "burn_in", 0),
+        warmup=warmup,
+        warmup_note=note,
         power=opt.number(net, "power", 4.0),
         policy=policy,
         steps=steps,
@@ -182,6 +235,21 @@ def learning_rate(graph: Graph, config: TrainConfig, total: int) -> LearningRate
         step_scale=opt.number(net, "scale", 1.0),
         minimum=opt.number(net, "learning_rate_min", 0.00001),
     )
+
+
+def _warmup(net, config: TrainConfig, total: int, stretch: float) -> tuple[int, str]:
+    """The warm-up steps and a note on where they came from: ``--warmup`` as given, else the cfg's
+    ``burn_in`` rescaled like ``steps=`` and capped at :data:`WARMUP_SHARE` of the run."""
+    if config.warmup is not None:
+        return config.warmup, ""
+    burn_in = opt.integer(net, "burn_in", 0)
+    if burn_in <= 0:
+        return 0, ""
+    scaled = round(burn_in * stretch) if opt.integer(net, "max_batches", 0) > 0 else burn_in
+    warmup = min(scaled, int(WARMUP_SHARE * total))
+    how = "rescaled from max_batches" if scaled != burn_in else "as given"
+    cap = f", capped at {WARMUP_SHARE:.0%} of the run" if warmup < scaled else ""
+    return warmup, f"; the cfg's burn_in={burn_in} {how}{cap}"
 
 
 def make_optimizer(model: nn.Module, graph: Graph, config: TrainConfig) -> torch.optim.Optimizer:
@@ -433,33 +501,115 @@ class _Run:
     # -- sizes ----------------------------------------------------------------------------------------------
     def _batching(self, dataset_size: int) -> tuple[int, int, int]:
         """(images per rank per step, subdivisions, steps per epoch)."""
-        net, config, world = self.graph.net, self.config, self.ranks.world
-        batch = config.batch or opt.integer(net, "batch", 1)
-        parts = config.subdivisions or opt.integer(net, "subdivisions", 1)
+        batch, parts = self._batch_and_parts()
+        world = self.ranks.world
         if batch % (world * parts):
             raise UsageError(f"batch {batch} does not split into {world} processes × {parts} subdivisions")
         if dataset_size < batch:
             raise UsageError(f"the training set has {dataset_size} images, fewer than one batch ({batch})")
         return batch // world, parts, dataset_size // batch
 
+    def _batch_and_parts(self) -> tuple[int, int]:
+        """``--batch``/``--subdivisions``, else the cfg's, except a test cfg's ``batch=1``."""
+        net, config = self.graph.net, self.config
+        if config.batch is not None:
+            return config.batch, config.subdivisions or 1
+        batch = opt.integer(net, "batch", 1)
+        if batch > 1:
+            return batch, config.subdivisions or opt.integer(net, "subdivisions", 1)
+        return DEFAULT_BATCH, config.subdivisions or 1
+
     def run(self, dataset: torch.utils.data.Dataset | None, on_epoch: Callable | None) -> TrainResult:
         config = self.config
         dataset = dataset if dataset is not None else _train_dataset(config, self.graph)
         per_rank, parts, per_epoch = self._batching(len(dataset))  # type: ignore[arg-type]
+        self.per_epoch = per_epoch
+        self.stopped: str | None = None
+        self.early_stop: TrainingStopped | None = None
         total = per_epoch * config.epochs
         if config.max_steps is not None:
             total = min(total, config.max_steps)
         self.schedule = learning_rate(self.graph, config, total)
+        self.valid = self._valid_dataset() if config.eval_every and self.ranks.main else None
+        self.multiscale = self._multiscale()
         output = Path(config.output)
         if self.ranks.main:
             output.mkdir(parents=True, exist_ok=True)
-        plots: list[Path] = []
+            for line in self._summary(len(dataset), per_rank * self.ranks.world, parts, per_epoch, total):  # type: ignore[arg-type]
+                self.log(line)
+        self.guard = DivergenceGuard(config.diverge_factor, config.diverge_steps)
+        self.early = EarlyStop(config.patience, config.max_map_drop)
+        self.lines = ProgressLines(self.log, total, config.log_every)
+        self.lines.start(self.state.step)
+        self.plots: list[Path] = []
         state = self.state
-        while state.step < total:
-            record = self._epoch(dataset, per_rank, parts, per_epoch, total)
-            if self.ranks.main:
-                plots += self._epoch_outputs(record, output, final=state.step >= total, on_epoch=on_epoch)
-        return self._finish(output, plots)
+        try:
+            while state.step < total:
+                record = self._epoch(dataset, per_rank, parts, per_epoch, total)
+                if self.ranks.main:
+                    self._epoch_outputs(record, output, final=state.step >= total, on_epoch=on_epoch)
+        except TrainingStopped as stop:
+            if stop.diverged:
+                self._diverged(stop, output)
+            self.log(f"stopped: {stop.reason}")
+            self.stopped = stop.reason
+        return self._finish(output)
+
+    # -- start-up -------------------------------------------------------------------------------------------
+    def _valid_dataset(self):
+        from .dataset import DetectionDataset
+
+        if self.config.data is None:
+            raise UsageError("evaluating while training (--eval-every) needs --data with a valid= list")
+        return DetectionDataset.from_data(self.config.data, "valid", self.graph, augment=False)
+
+    def _multiscale(self):
+        """darknet's random input sizes (:class:`~cfgsurgeon.train.dataset.MultiScale`) when this run uses
+        them, else None: as the cfg's ``random=`` says unless ``multiscale`` is given."""
+        from .dataset import MultiScale, multiscale_settings
+
+        asked = multiscale_settings(self.graph)
+        if self.config.multiscale is None:
+            return asked
+        return (asked or MultiScale(1.4, 32)) if self.config.multiscale else None
+
+    def _summary(self, images: int, batch: int, parts: int, per_epoch: int, total: int) -> list[str]:
+        """What this run will do, before it starts."""
+        config, graph = self.config, self.graph
+        net = graph.net
+        lines = [
+            f"model: {config.cfg or config.weights or config.resume} ({len(graph.layers)} layers, "
+            f"{graph.params:,} params, {graph.bflops:.3f} BFLOPs at {net.width}×{net.height}, "
+            f"{self.loss.heads[0].classes if self.loss.heads else '?'} classes); device {self.device}"
+        ]
+        if config.batch is None and opt.integer(net, "batch", 1) <= 1:
+            lines.append(
+                f"warning: the cfg's [net] batch=1 is a test setting; training with batch {batch} "
+                "(choose with --batch / --subdivisions)"
+            )
+        every = "every epoch" if config.eval_every == 1 else f"every {config.eval_every} epochs"
+        valid = f", {len(self.valid)} valid images evaluated {every}" if self.valid else ""
+        lines.append(
+            f"data: {images} training images{valid}; batch {batch} in {parts} subdivisions, "
+            f"{per_epoch} steps per epoch, {config.epochs} epochs"
+        )
+        lines.append(
+            f"schedule: {self.schedule.describe()}; optimizer {self.optimizer.__class__.__name__.lower()}"
+        )
+        if self.multiscale:
+            lines.append(
+                f"multi-scale: input sizes from ×1/{self.multiscale.factor:g} to ×{self.multiscale.factor:g} "
+                f"(multiples of {self.multiscale.resize_step}, a new one every 10 steps)"
+            )
+        if self.penalty.schedule.strength:
+            channels = sum(int(mask.sum()) for _, mask in self.penalty.targets)
+            lines.append(
+                f"sparsity: s={self.penalty.schedule.strength:g} ({self.penalty.schedule.kind}) on the γ of "
+                f"{channels} BN channels in {len(self.penalty.targets)} layers (scope {self.penalty.scope})"
+            )
+        if self.state.step:
+            lines.append(f"resuming at epoch {self.state.epoch + 1}, step {self.state.step}")
+        return lines
 
     def _loader(self, dataset: torch.utils.data.Dataset, per_rank: int) -> torch.utils.data.DataLoader:
         from torch.utils.data.distributed import DistributedSampler
@@ -491,17 +641,22 @@ class _Run:
         count = 0
         batches = self._loader(dataset, per_rank)
         bar = self._progress(batches, per_epoch)
+        label = f"epoch {state.epoch + 1}/{self.config.epochs}"
         for images, targets, _ in bar:
             if state.step >= total:
                 break
             lr = self._step(images, targets, parts, state.step / total)
             sums += self._last_parts
             count += 1
-            state.step_losses.append(float(self._last_parts[0]))
+            loss = float(self._last_parts[0])
+            state.step_losses.append(loss)
             state.step += 1
             state.epoch_step += 1
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{self._last_parts[0]:.3f}", lr=f"{lr:.2e}")
+            if bar is not batches and not bar.disable:
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+            elif bar is not batches:
+                self.lines.step(label, state.step, loss, lr)
+            self.guard.update(state.step, loss)
         if state.epoch_step >= per_epoch:
             state.epoch += 1
             state.epoch_step = 0
@@ -517,8 +672,8 @@ class _Run:
             lr=self.schedule(max(0, state.step - 1)),
             small_gamma=fraction_small(self.penalty.gammas()),
             seconds=time.perf_counter() - started,
+            epoch_steps=count,
         )
-        state.epochs.append(asdict(record))
         return record
 
     def _progress(self, batches, per_epoch: int):
@@ -527,7 +682,7 @@ class _Run:
         from tqdm import tqdm
 
         epoch = self.state.epoch + 1
-        # disable=None: a bar only on a terminal (a log file gets the per-epoch lines, not bar redraws)
+        # disable=None: a bar only on a terminal; elsewhere ProgressLines logs a line every log_every seconds
         label = f"epoch {epoch}/{self.config.epochs}"
         return tqdm(batches, desc=label, leave=False, dynamic_ncols=True, disable=None)
 
@@ -537,7 +692,7 @@ class _Run:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(5, device=self.device)
-        chunks = list(_micro_batches(images, targets, parts))
+        chunks = list(_micro_batches(self._rescaled(images), targets, parts))
         for k, (chunk, rows) in enumerate(chunks):
             syncing = k == len(chunks) - 1 or not isinstance(
                 self.net_model, nn.parallel.DistributedDataParallel
@@ -551,12 +706,19 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._last_parts = self.ranks.mean(totals).cpu().double().numpy()
-        if not np.isfinite(self._last_parts[0]):
-            raise UsageError(
-                f"training diverged at step {self.state.step + 1} (loss {self._last_parts[0]}): "
-                "lower the learning rate (--lr) or lengthen the warm-up (--warmup)"
-            )
         return lr
+
+    def _rescaled(self, images: Tensor) -> Tensor:
+        """The batch at this step's multi-scale input size (targets are normalised: they do not change)."""
+        if self.multiscale is None:
+            return images
+        from .dataset import multiscale_size, resize_batch
+
+        net, (factor, resize_step) = self.graph.net, self.multiscale
+        size = multiscale_size(
+            (net.width, net.height), self.state.step, self.config.seed, factor=factor, resize_step=resize_step
+        )
+        return resize_batch(images, size)
 
     def _autocast(self):
         dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
@@ -575,25 +737,69 @@ class _Run:
         return terms.total + kd, terms.box, terms.obj, terms.cls, kd
 
     # -- outputs --------------------------------------------------------------------------------------------
-    def _epoch_outputs(self, record: EpochRecord, output: Path, final: bool, on_epoch) -> list[Path]:
+    def _epoch_outputs(self, record: EpochRecord, output: Path, final: bool, on_epoch) -> None:
         config = self.config
-        self.log(
-            f"epoch {record.epoch}: loss {record.loss:.4f} (box {record.box:.4f} obj {record.obj:.4f} "
-            f"cls {record.cls:.4f}"
-            + (f" distill {record.distill:.4f}" if self.teacher is not None else "")
-            + f"), lr {record.lr:.3g}, |γ|<0.01: {100 * record.small_gamma:.1f}%, {record.seconds:.1f}s"
-        )
-        plots = []
+        store_darknet_weights(self.model, self.graph)
+        if self.penalty.schedule.strength and self.penalty.targets:
+            record.safe_ratio = safe_slim_ratio(self.graph)
+        best = self._evaluate(record, final) if self.valid is not None else False
+        self.state.epochs.append(asdict(record))
+        self.log(self._epoch_line(record))
         if config.gamma_plots and self.penalty.targets:
             path = output / "gamma" / f"epoch_{record.epoch:03d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            plots.append(plot_gamma_histogram(self.penalty.gammas(), path, f"epoch {record.epoch}"))
+            self.plots.append(plot_gamma_histogram(self.penalty.gammas(), path, f"epoch {record.epoch}"))
         if final or record.epoch % max(1, config.checkpoint_every) == 0:
             self._save_checkpoint(output / "last.pt")
+        if best:
+            self._save_best(output)
+        self._write_history(output)
         if on_epoch is not None:
-            store_darknet_weights(self.model, self.graph)
             on_epoch(record, self.graph)
-        return plots
+        if self.early_stop is not None:
+            raise self.early_stop
+
+    def _evaluate(self, record: EpochRecord, final: bool) -> bool:
+        """Validation metrics into ``record`` on evaluated epochs; True when they are the best so far."""
+        from .evaluate import evaluate
+
+        self.early_stop = None
+        if not (final or record.epoch % self.config.eval_every == 0):
+            return False
+        metrics = evaluate(self.model, self.valid, names=self._names())
+        record.P, record.R = _finite(metrics.P), _finite(metrics.R)
+        record.map50, record.map50_95 = _finite(metrics.mAP50), _finite(metrics.mAP50_95)
+        try:
+            return self.early.update(record.epoch, metrics.mAP50)
+        except TrainingStopped as stop:
+            if stop.diverged:
+                raise
+            self.early_stop = stop  # after this epoch's outputs are written
+            return False
+
+    def _names(self) -> list[str] | None:
+        from .dataset import read_data_file
+
+        return read_data_file(self.config.data).names if self.config.data else None
+
+    def _epoch_line(self, record: EpochRecord) -> str:
+        steps = (
+            f" ({record.epoch_steps} of {self.per_epoch} steps)"
+            if record.epoch_steps < self.per_epoch
+            else ""
+        )
+        line = (
+            f"epoch {record.epoch}{steps}: loss {record.loss:.4f} (box {record.box:.4f} obj {record.obj:.4f} "
+            f"cls {record.cls:.4f}"
+            + (f" distill {record.distill:.4f}" if self.teacher is not None else "")
+            + f"), lr {record.lr:.3g}, |γ|<0.01: {100 * record.small_gamma:.1f}%"
+        )
+        if record.safe_ratio is not None:
+            line += f", safe slim ratio {record.safe_ratio:.3f}"
+        if record.map50 is not None:
+            line += f"; valid P {_fmt(record.P)} R {_fmt(record.R)} mAP@0.5 {record.map50:.4f}"
+            line += " (best)" if self.early.best_epoch == record.epoch else f" (best {self.early.best:.4f})"
+        return line + f", {format_duration(record.seconds)}"
 
     def _save_checkpoint(self, path: Path) -> None:
         state = self.state
@@ -611,26 +817,65 @@ class _Run:
         }
         save_checkpoint(self.model, path, extra)
 
+    def _save_best(self, output: Path) -> None:
+        self._save_checkpoint(output / "best.pt")
+        write_weights(self.graph, output / f"{self._stem()}_best.weights", self.graph.weights_header)
+
+    def _stem(self) -> str:
+        return Path(self.config.cfg).stem if self.config.cfg else "model"
+
+    def _write_history(self, output: Path) -> None:
+        state = self.state
+        history = {"step_losses": state.step_losses, "epochs": state.epochs, "stopped": self.stopped}
+        with atomic_output(output / "history.json", "w") as out:
+            json.dump(history, out, indent=1)
+        lrs = [self.schedule(step) for step in range(len(state.step_losses))]
+        plot_history(state.step_losses, lrs, state.epochs, output / "history.png")
+
+    def _diverged(self, stop: TrainingStopped, output: Path) -> None:
+        """Write what happened and raise :class:`TrainingDiverged` with what to change."""
+        self.stopped = stop.reason
+        if self.ranks.main:
+            self._write_history(output)
+        config = self.config
+        kept = [str(p) for p in (output / "last.pt", output / "best.pt") if p.exists()]
+        advice = (
+            f"lower --lr (this run: {self.schedule.base:g}) or lengthen --warmup "
+            f"({self.schedule.warmup} steps)"
+        )
+        if self.penalty.schedule.strength:
+            advice += f", or lower --sparsity (s={config.sparsity:g})"
+        keep = f"kept {' and '.join(kept)} from before it" if kept else "no healthy epoch was saved"
+        raise TrainingDiverged(f"training diverged: {stop.reason}; {keep}; {advice}")
+
     def _header(self) -> WeightsHeader:
-        batch = self.config.batch or opt.integer(self.graph.net, "batch", 1)
+        batch, _ = self._batch_and_parts()
         seen = self.header.seen + batch * (self.state.step - self.start_step)
         return WeightsHeader(self.header.major, self.header.minor, self.header.revision, seen)
 
-    def _finish(self, output: Path, plots: list[Path]) -> TrainResult:
+    def _finish(self, output: Path) -> TrainResult:
         store_darknet_weights(self.model, self.graph)
-        result = TrainResult(self.graph, list(self.state.step_losses), [], output, plots=plots)
+        result = TrainResult(self.graph, list(self.state.step_losses), [], output, plots=self.plots)
         result.epochs = [EpochRecord(**entry) for entry in self.state.epochs]
+        result.stopped = self.stopped
         if not self.ranks.main:
             return result
-        stem = Path(self.config.cfg).stem if self.config.cfg else "model"
         self.graph.weights_header = self._header()
-        result.weights = output / f"{stem}.weights"
+        result.weights = output / f"{self._stem()}.weights"
         write_weights(self.graph, result.weights, self.graph.weights_header)
-        with atomic_output(output / f"{stem}.cfg", "w") as out:
+        with atomic_output(output / f"{self._stem()}.cfg", "w") as out:
             out.write(cfg_text(self.graph))
         result.checkpoint = output / "last.pt"
         self._save_checkpoint(result.checkpoint)
-        with atomic_output(output / "history.json", "w") as out:
-            json.dump({"step_losses": result.step_losses, "epochs": self.state.epochs}, out, indent=1)
-        self.log(f"wrote {result.weights}, {result.checkpoint}")
+        self._write_history(output)
+        if (output / "best.pt").exists() and self.valid is not None:
+            result.best = output / "best.pt"
         return result
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -46,9 +46,9 @@ __all__ = ["TF1Emitter", "output_names", "tf1_runner", "tf1_source", "write_tf1"
 BN_EPS = 1e-5  # darknet's normalize_cpu
 
 # Without oneDNN (TF_ENABLE_ONEDNN_OPTS=0, or a CPU where TensorFlow leaves it off, e.g. AVX2-only) grappler
-# fuses Conv2D + BiasAdd into a kernel that refuses groups; Conv2D + Add is not fused. Measured on 3x3
-# convolutions (2-32 groups): as fast as the fused op with oneDNN (split/conv/concat: up to 3x slower), as
-# fast as split/conv/concat without it.
+# fuses Conv2D + BiasAdd into a kernel that refuses groups; Conv2D + Add is not fused. Measured (3x3, 2-32
+# groups, one thread): with oneDNN as fast as the fused op, where split/conv/concat is 1-3x slower; without
+# it within 30 % of split/conv/concat either way.
 _GROUPED_CONV_NOTE = """\
 # groups={groups}: TensorFlow infers them from the filters' depth {depth}; the bias is a plain add, not
 # tf.nn.bias_add, whose fused CPU kernel (used without oneDNN) refuses grouped convolutions"""

@@ -274,7 +274,13 @@ def demo(outdir: Path, seed: int, json_path: Path | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Darknet .data file (classes, valid, names).",
 )
-@click.option("--split", default="valid", show_default=True, type=click.Choice(["valid", "train"]))
+@click.option(
+    "--split",
+    default="valid",
+    show_default=True,
+    type=click.Choice(["valid", "train"]),
+    help="Which image list of the .data file to score (without a valid= line, darknet's rule: train=).",
+)
 @click.option(
     "--thresh",
     default=0.001,
@@ -293,6 +299,35 @@ def demo(outdir: Path, seed: int, json_path: Path | None) -> None:
     help="Confidence at which P and R are counted (IoU 0.5).",
 )
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(1), help="Images per pass.")
+@click.option(
+    "--classes",
+    "classes",
+    metavar="LIST",
+    help="Score only these classes: ids or names from the names file, comma separated (e.g. 0,2 or "
+    "car,bus). mAP, P and R are then over these classes, and the saved files hold only their detections.",
+)
+@click.option(
+    "--all-classes",
+    is_flag=True,
+    help="List every class in the table; by default only classes with ground truth or detections above "
+    "--pr-thresh are listed.",
+)
+@click.option(
+    "--save-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help='Write the detections as COCO results: [{"image_id", "category_id", "bbox", "score"}], bbox '
+    "[x, y, w, h] in the photo's pixels; image_id is the photo's file name without extension (an int when "
+    "every one is all digits), category_id the class's 0-based line in the names file.",
+)
+@click.option(
+    "--save-txt",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Write NAME.txt into DIR for every photo NAME.jpg (empty when nothing was found): a line per "
+    "detection, '<class> <cx> <cy> <w> <h> <prob>', normalised to the photo (darknet's label layout plus "
+    "the probability).",
+)
 @JSON_TABLE
 def eval_command(
     cfg: Path,
@@ -303,21 +338,41 @@ def eval_command(
     iou: float,
     pr_thresh: float,
     batch: int,
+    classes: str | None,
+    all_classes: bool,
+    save_json: Path | None,
+    save_txt: Path | None,
     as_json: bool,
 ) -> None:
     """Score a model on a darknet dataset: P, R, mAP@0.5 and mAP@0.5:0.95, overall and per class.
 
     mAP is COCO's (101-point interpolated AP, IoU 0.5 and 0.5:0.95, classes with ground truth averaged)
-    over darknet's detections (NMS per class, every class above --thresh); images are resized as `detect`
-    resizes them.
+    over darknet's detections (NMS per class, every class above --thresh). Images are prepared as `detect`
+    prepares them: letterboxed when the cfg's [net] has letter_box=1, else resized without keeping the
+    aspect ratio; stderr says which, shows a progress bar on a terminal and the time taken (--json puts
+    both in the JSON object instead). A split where no image has a label file is an error.
     """
     try:
-        from .train.evaluate import evaluate_data
+        from .train.evaluate import Preparation, evaluate_data, save_coco_json, save_darknet_txt
     except ImportError as exc:
         raise UsageError(f"eval needs the package '{exc.name}': pip install 'cfgsurgeon[torch]'") from None
+    if save_json is not None:
+        refuse_overwrite([save_json], [cfg, weights, data])
     graph = _load(cfg, weights)
-    metrics = evaluate_data(graph, data, split, thresh, iou, pr_thresh, batch, warn=_warn)
-    click.echo(json.dumps(metrics.to_dict()) if as_json else "\n".join(metrics.table_lines()))
+    report = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
+    report(Preparation.of(graph).describe())
+    result = evaluate_data(
+        graph, data, split, thresh, iou, pr_thresh, batch, warn=_warn, classes=classes, progress=True
+    )
+    report(result.timing_line())
+    if save_json is not None:
+        report(f"wrote {save_coco_json(result, save_json)}")
+    if save_txt is not None:
+        report(f"wrote {len(save_darknet_txt(result, save_txt))} files to {save_txt}")
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo("\n".join(result.metrics.table_lines(all_classes=all_classes)))
 
 
 @main.command()

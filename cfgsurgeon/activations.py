@@ -1,5 +1,6 @@
 """darknet's activation functions in numpy (float64), for passes that evaluate constants or statistics.
-The torch backend has the same table in torch (``emit/torch.py``); tests hold the two together."""
+The torch backend's are functions of ``emit/torch_ops.py`` (also copied into standalone sources); tests hold
+the two together."""
 
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ def _evaluate(value: Any) -> Any:
 
 class Block(nn.Module):
     """One cfg layer: its lowering's modules, then its ops in order (the ops before the joining op run on
-    each input)."""
+    each input). Steps name their modules by slot, looked up when they run: share_index rebinds modules, and
+    a deep copy of the model must run its own."""
 
     def __init__(self, lowered: lo.Lowered):
         super().__init__()
@@ -54,33 +55,41 @@ class Block(nn.Module):
             setattr(self, op.slot, _evaluate(module_call(op)))
         self.ops = lowered.ops
         self.join = lowered.join
-        self.steps = [self._step(op) for op in lowered.ops]
-
-    def _step(self, op: lo.Op) -> Callable[[Any], Tensor]:
-        if isinstance(op, lo.MODULE_OPS):
-            return lambda x: getattr(self, op.slot)(x)  # looked up late: share_index rebinds modules
-        if isinstance(op, lo.Act):
-            return ACTIVATIONS[op.name]
-        function = torch_ops.FUNCTIONS[type(op)]
-        fields = lo.arguments(op)
-        modules = {name: value.slot for name, value in fields if isinstance(value, lo.MODULE_OPS)}
-        constants = {name: value for name, value in fields if name not in modules}
-        return lambda x: function(
-            x, **constants, **{name: getattr(self, slot) for name, slot in modules.items()}
-        )
+        self.steps = [_step(op) for op in lowered.ops]
 
     def forward(self, *xs: Tensor) -> Tensor:
         values: list[Tensor] = list(xs)
         mapped = len(self.steps) if self.join is None else self.join
         for step in self.steps[:mapped]:
-            values = [step(x) for x in values]
+            values = [self._run(step, x) for x in values]
         y: Any = values if self.join is not None else values[0]
         for step in self.steps[mapped:]:
-            y = step(y)
+            y = self._run(step, y)
         return y
+
+    def _run(self, step: Step, x: Any) -> Tensor:
+        function, constants, modules = step
+        if isinstance(function, str):  # a module op: the module itself
+            return getattr(self, function)(x)
+        return function(x, **constants, **{name: getattr(self, slot) for name, slot in modules.items()})
 
     def extra_repr(self) -> str:
         return ", ".join(type(op).__name__ for op in self.ops)
+
+
+# How a Block runs an op: a torch_ops function, its constant arguments, and its module arguments by slot
+# (or, for an op that is a module, that module's slot).
+Step = tuple[Callable[..., Tensor] | str, dict[str, Any], dict[str, str]]
+
+
+def _step(op: lo.Op) -> Step:
+    if isinstance(op, lo.MODULE_OPS):
+        return op.slot, {}, {}
+    if isinstance(op, lo.Act):
+        return ACTIVATIONS[op.name], {}, {}
+    fields = lo.arguments(op)
+    modules = {name: value.slot for name, value in fields if isinstance(value, lo.MODULE_OPS)}
+    return torch_ops.FUNCTIONS[type(op)], {k: v for k, v in fields if k not in modules}, modules
 
 
 # Kept for callers that look a layer type up: every type the lowering knows builds a Block.

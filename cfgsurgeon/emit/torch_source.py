@@ -149,11 +149,10 @@ class TorchSourceEmitter:
     def visit(self, layer: L.Layer) -> LayerCode:
         lowered = lo.lower(layer, self.tree)
         inputs = [self.name(node) for node in layer.inputs]
-        return LayerCode(
-            self._init(layer, lowered),
-            self._expression(layer, lowered, inputs),
-            self._tensors(layer, lowered),
-        )
+        expr = self._expression(layer, lowered, inputs, wrap=False)
+        if len(f"        l{layer.index} = {expr}") > 110:
+            expr = self._expression(layer, lowered, inputs, wrap=True)
+        return LayerCode(self._init(layer, lowered), expr, self._tensors(layer, lowered))
 
     def name(self, node: L.Node) -> str:
         return "x" if isinstance(node, L.Net) else f"l{self.graph.index_of(node)}"
@@ -185,18 +184,19 @@ class TorchSourceEmitter:
                 lines += [f"{mine}.bias = {owner}.bias"] if op.bias else []
         return lines
 
-    def _expression(self, layer: L.Layer, lowered: lo.Lowered, inputs: list[str]) -> str:
+    def _expression(self, layer: L.Layer, lowered: lo.Lowered, inputs: list[str], wrap: bool) -> str:
+        """The layer's output in terms of its inputs; ``wrap``: calls with arguments get one a line."""
         ops, join = lowered.ops, lowered.join
         mapped = len(ops) if join is None else join
         values = inputs
         for op in ops[:mapped]:
-            values = [self._apply(layer, lowered, op, value) for value in values]
+            values = [self._apply(layer, lowered, op, value, wrap) for value in values]
         expr = f"[{', '.join(values)}]" if join is not None else values[0]
         for op in ops[mapped:]:
-            expr = self._apply(layer, lowered, op, expr)
+            expr = self._apply(layer, lowered, op, expr, wrap)
         return expr
 
-    def _apply(self, layer: L.Layer, lowered: lo.Lowered, op: lo.Op, x: str) -> str:
+    def _apply(self, layer: L.Layer, lowered: lo.Lowered, op: lo.Op, x: str, wrap: bool) -> str:
         if isinstance(op, lo.MODULE_OPS):
             return f"self.{self._attribute(layer, lowered, op)}({x})"
         source = ops_source()
@@ -211,7 +211,12 @@ class TorchSourceEmitter:
                 else render(value)
             )
             arguments.append(f"{key}={text}")
-        return f"{self.use(source.functions[type(op).__name__])}({', '.join(arguments)})"
+        function = self.use(source.functions[type(op).__name__])
+        if not wrap or len(arguments) == 1:
+            return f"{function}({', '.join(arguments)})"
+        return "\n".join(
+            [f"{function}(", *(f"            {argument}," for argument in arguments), "        )"]
+        )
 
     def _tensors(self, layer: L.Layer, lowered: lo.Lowered) -> dict[str, str]:
         """Where each ``.weights`` tensor of the layer lives in the generated model's state_dict."""
@@ -310,11 +315,11 @@ def _statement(target: str, call: Call) -> list[str]:
 
 
 def _assignment(name: str, expr: str) -> list[str]:
-    """``name = expr`` in forward; a long ``concat([...])`` is wrapped over several lines."""
+    """``name = expr`` in forward (``expr`` may span lines); a long ``concat([...])`` is filled over lines."""
     head, tail = "concat([", "])"
     if expr.startswith(head) and expr.endswith(tail):
         return _bracketed(f"        {name} = {head}", expr[len(head) : -len(tail)], tail, "        ")
-    return [f"        {name} = {expr}"]
+    return f"        {name} = {expr}".split("\n")
 
 
 def _bracketed(head: str, inner: str, tail: str, indent: str) -> list[str]:

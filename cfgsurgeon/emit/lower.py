@@ -338,10 +338,14 @@ class Lowered:
         return next((k for k, op in enumerate(self.ops) if joins(op)), None)
 
 
-def _bn_params(slot: str = "bn") -> dict[str, str]:
-    names = ("biases", "scales", "rolling_mean", "rolling_variance")
-    paths = (f"{slot}.bias", f"{slot}.weight", f"{slot}.running_mean", f"{slot}.running_var")
-    return dict(zip(names, paths, strict=True))
+def _bn_params() -> dict[str, str]:
+    """darknet's batch-norm tensors → the :class:`BatchNorm` slot's."""
+    return {
+        "biases": "bn.bias",
+        "scales": "bn.weight",
+        "rolling_mean": "bn.running_mean",
+        "rolling_variance": "bn.running_var",
+    }
 
 
 def _act(name: str) -> tuple[Op, ...]:

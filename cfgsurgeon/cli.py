@@ -171,8 +171,8 @@ def retarget(
     kept. New classes that match an old one by name inherit its weights, so the model scores them as before
     (e.g. COCO's yolov3-tiny → bus/car/motorbike/truck); the others start from small random weights. The
     written .weights count seen=0, so darknet fine-tunes them with its burn-in."""
-    from .detect import load_names
     from .emit.cfg import write_cfg
+    from .images import load_names
     from .surgery.retarget import match_classes
     from .surgery.retarget import retarget as retarget_graph
     from .weights import WeightsHeader, write_weights
@@ -466,15 +466,8 @@ def detect(
     the boxes drawn. The photo is resized to the network size (letterboxed only with [net] letter_box=1),
     NMS is darknet's (IoU 0.45, or the last head's nms_kind).
     """
-    from .detect import (
-        check_names,
-        detect_image,
-        draw,
-        format_darknet,
-        load_names,
-        output_paths,
-        to_json,
-    )
+    from .detect import check_names, detect_image, draw, format_darknet, output_paths, to_json
+    from .images import load_names
     from .runtimes import make_runner
 
     outputs = output_paths(images, outdir)

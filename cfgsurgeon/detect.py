@@ -27,20 +27,10 @@ import numpy as np
 from . import layers as L
 from .errors import UsageError
 from .files import atomic_output
-from .images import (  # the photo functions moved to images.py; the re-exports keep their old import path
-    letterbox_image,  # noqa: F401
-    letterbox_size,
-    load_image,
-    load_names,  # noqa: F401
-    network_input,
-    open_rgb,
-    resize_image,  # noqa: F401
-)
+from .images import letterbox_size, load_image, network_input, open_rgb
 from .ir import Graph
 from .postprocess import decode
 from .runtimes import Runner
-
-HEAD_TYPES = (L.Yolo, L.Region)  # what `darknet detector test` decodes ([Gaussian_yolo] is a Yolo)
 
 
 @dataclass(frozen=True)
@@ -78,7 +68,7 @@ def head_layers(graph: Graph) -> list[L.Layer]:
     """The layers whose outputs ``detector test`` decodes, in cfg order."""
     if any(isinstance(layer, L.Detection) for layer in graph.layers):
         raise UsageError(f"{graph.source}: [detection] (YOLOv1) heads are not supported by detect")
-    heads = [layer for layer in graph.layers if isinstance(layer, HEAD_TYPES)]
+    heads = [layer for layer in graph.layers if isinstance(layer, L.ANCHOR_HEADS)]
     for layer in heads:
         if layer.options.get("tree"):  # darknet itself: hierarchy_top_prediction reads tree->child, never set
             raise UsageError(

@@ -17,17 +17,8 @@ from conftest import REPORT
 
 from cfgsurgeon import UsageError, loads_cfg
 from cfgsurgeon.cli import main
-from cfgsurgeon.detect import (
-    Detection,
-    correct_letterbox,
-    detections,
-    format_darknet,
-    letterbox_image,
-    load_image,
-    nms_sort,
-    resize_image,
-    to_json,
-)
+from cfgsurgeon.detect import Detection, correct_letterbox, detections, format_darknet, nms_sort, to_json
+from cfgsurgeon.images import letterbox_image, load_image, resize_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ZOO = SHARED / "zoo"
@@ -312,7 +303,7 @@ def test_unreadable_image_is_one_line_usage_error(tmp_path: Path):
 @cache
 def _model():
     from cfgsurgeon import load_cfg, read_weights
-    from cfgsurgeon.detect import load_names
+    from cfgsurgeon.images import load_names
     from cfgsurgeon.runtimes import make_runner
 
     graph = load_cfg(MODELS / "yolov3-tiny.cfg", warn=lambda _: None)

@@ -294,7 +294,7 @@ def real_exports(tmp_path_factory) -> dict[str, Path]:
 
 @SHARED_MARK
 def test_real_yolov3_tiny_matches_torch(real_model: Graph, real_exports: dict[str, Path]):
-    from cfgsurgeon.detect import load_image, network_input
+    from cfgsurgeon.images import load_image, network_input
 
     photo = network_input(real_model, load_image(need_shared(ZOO_PHOTOS[0])))[None]
     x = np.concatenate([photo, random_input(real_model)])

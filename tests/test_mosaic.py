@@ -317,7 +317,7 @@ def test_multiscale_ends_at_the_largest_size():
 
 
 def test_resize_batch_is_darknets_bilinear():
-    from cfgsurgeon.detect import resize_image
+    from cfgsurgeon.images import resize_image
 
     images = torch.from_numpy(np.random.default_rng(0).random((2, 3, 96, 128), dtype=np.float32))
     assert resize_batch(images, (128, 96)) is images

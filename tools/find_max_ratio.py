@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from cfgsurgeon import load_cfg, read_weights
-from cfgsurgeon.detect import box_iou, detect_image, load_names
+from cfgsurgeon.detect import box_iou, detect_image
+from cfgsurgeon.images import load_names
 from cfgsurgeon.ir import Graph
 from cfgsurgeon.runtimes import make_runner
 from cfgsurgeon.surgery.prune import PruneResult, prune, report

@@ -60,8 +60,8 @@ import numpy as np
 import torch
 
 from .. import layers as L
-from ..detect import letterbox_image, letterbox_size, load_image, load_names, resize_image
 from ..errors import CfgError, Location, UsageError
+from ..images import letterbox_image, letterbox_size, load_image, load_names, resize_image
 from ..ir import Graph
 
 GREY = 0.5  # darknet's letterbox fill, also used for the pixels a jitter crop adds
@@ -359,7 +359,7 @@ class Augment:
 
 
 def _heads(graph: Graph) -> list[L.Layer]:
-    return [layer for layer in graph.layers if isinstance(layer, L.Yolo | L.Region)]
+    return [layer for layer in graph.layers if isinstance(layer, L.ANCHOR_HEADS)]
 
 
 def _option(node: L.Node, key: str, default: float, kind: type) -> Any:

@@ -1103,8 +1103,23 @@ def sparsify(cfg: Path, weights: Path, outdir: Path, as_json: bool, **settings) 
     default="constant",
     show_default=True,
     type=click.Choice(["constant", "global-decay", "local-decay"]),
-    help="constant: s throughout; global-decay: s/100 after half the run; local-decay: after half the run, "
-    "s/100 for the 30%% largest |γ| (the channels pruning keeps), s for the rest.",
+    help="constant: s throughout; global-decay: s/100 from --sparsity-decay-start on; local-decay: from "
+    "then on, s/100 for the --sparsity-protect share of largest |γ| (the channels pruning keeps, chosen "
+    "again every epoch), s for the rest.",
+)
+@click.option(
+    "--sparsity-decay-start",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of the run after which global-/local-decay apply (0: from the start).",
+)
+@click.option(
+    "--sparsity-protect",
+    default=0.3,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="local-decay: share of the penalised channels, largest |γ| first, whose penalty decays to s/100.",
 )
 @click.option(
     "--sparsity-scope",

@@ -95,6 +95,8 @@ class TrainConfig:
     sparsity: float = 0.0  # s of the L1 penalty on BN γ (0: off)
     sparsity_schedule: str = "constant"  # constant | global-decay | local-decay
     sparsity_scope: str = "slim"  # normal | shortcut | slim | all (which BN layers are penalised)
+    sparsity_decay_start: float = 0.5  # share of the run after which the decaying schedules decay
+    sparsity_protect: float = 0.3  # local-decay: share of penalised channels (largest |γ|) spared
     teacher_cfg: Path | None = None
     teacher_weights: Path | None = None
     distill: str = "soft"  # soft | detection
@@ -451,7 +453,12 @@ class _Run:
             self.model,
             self.graph,
             config.sparsity_scope,
-            Schedule(config.sparsity, config.sparsity_schedule),
+            Schedule(
+                config.sparsity,
+                config.sparsity_schedule,
+                decay_start=config.sparsity_decay_start,
+                protect=config.sparsity_protect,
+            ),
         )
         self.optimizer = make_optimizer(self.model, self.graph, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")

@@ -230,12 +230,20 @@ class Layer(Node):
     def in_shape(self) -> Shape:
         return self.inputs[0].out_shape
 
-    # -- rules every type states -----------------------------------------------------------------------
+    # -- rules every type states (no silent default: tests/test_registry.py) ---------------------------
     def infer(self) -> Shape:
-        return self.in_shape
+        """The output shape; a type whose output has its input's shape says ``infer = Layer.same_shape``."""
+        raise NotImplementedError(f"[{self.header}] states no shape rule")
 
     def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Tensors stored in ``.weights`` for this layer, in file order."""
+        """Tensors stored in ``.weights`` for this layer, in file order; a type that stores none says
+        ``weight_layout = Layer.no_tensors``."""
+        raise NotImplementedError(f"[{self.header}] states no .weights layout")
+
+    def same_shape(self) -> Shape:
+        return self.in_shape
+
+    def no_tensors(self) -> list[tuple[str, tuple[int, ...]]]:
         return []
 
     def bflops(self) -> float:
@@ -379,9 +387,50 @@ class Connected(Layer):
         return layout
 
 
+class Local(Layer):
+    """``[local]``, darknet's locally connected layer (``local_layer.c``): a convolution whose filters (and
+    biases) differ at every output position; no batch norm, groups or dilation."""
+
+    kind = "local"
+    names = ("local",)
+    filters = Opt(1)
+    size = Opt(1)
+    stride = Opt(1)
+    pad = Opt(0)
+    activation = _activation("logistic")
+
+    def local_output(self) -> tuple[int, int]:
+        """(out_h, out_w) as darknet's local_out_height/width: ``pad`` (any non-zero value) only means "one
+        pixel smaller" there, ``(h - 1)/stride + 1``; without it ``(h - size)/stride + 1``."""
+        _, h, w = self.in_shape
+        trim = 1 if self.pad else self.size
+        return (h - trim) // self.stride + 1, (w - trim) // self.stride + 1
+
+    def infer(self) -> Shape:
+        if self.stride < 1:
+            raise self.shape_error(f"stride must be >= 1, found {self.stride}")
+        h, w = self.local_output()
+        if h <= 0 or w <= 0:
+            raise self.shape_error(f"output would be empty ({h}x{w}) for input {self.in_shape}")
+        return (self.filters, h, w)
+
+    def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """darknet's load_weights: one bias per output value ``[filters][out_h][out_w]``, then the filters of
+        each output position in turn ``[out_h][out_w][filters][channels][size][size]``."""
+        (h, w), n, c = self.local_output(), self.filters, self.in_shape[0]
+        return [("biases", (n, h, w)), ("weights", (h, w, n, c, self.size, self.size))]
+
+    def bflops(self) -> float:
+        return 0.0  # darknet counts none for [local] (make_local_layer sets no bflops), as for [connected]
+
+    def describe(self) -> str:
+        return f"{self.size}x{self.size}/{self.stride}"
+
+
 class MaxPool(Layer):
     kind = "maxpool"
     names = ("maxpool", "max")
+    weight_layout = Layer.no_tensors
     known_keys = frozenset({"maxpool_zero_nonmax"})
     stride = Opt(1)
     stride_x = Opt(lambda layer: layer.stride)
@@ -430,6 +479,7 @@ class AvgPool(Layer):
 
     kind = "avgpool"
     names = ("avgpool", "avg")
+    weight_layout = Layer.no_tensors
 
     def infer(self) -> Shape:
         return (self.in_shape[0], 1, 1)
@@ -440,6 +490,7 @@ class Route(Layer):
 
     kind = "route"
     names = ("route",)
+    weight_layout = Layer.no_tensors
     refs = ("layers",)
     required_refs = ("layers",)
     uses_previous = False
@@ -507,6 +558,7 @@ class ScaleChannels(Layer):
 
     kind = "scale_channels"
     names = ("scale_channels",)
+    weight_layout = Layer.no_tensors
     refs = ("from",)
     required_refs = ("from",)
     scale_wh = Opt(0)
@@ -530,6 +582,7 @@ class Sam(Layer):
 
     kind = "sam"
     names = ("sam",)
+    weight_layout = Layer.no_tensors
     refs = ("from",)
     required_refs = ("from",)
     activation = _activation("linear")
@@ -548,6 +601,7 @@ class Upsample(Layer):
 
     kind = "upsample"
     names = ("upsample",)
+    weight_layout = Layer.no_tensors
     stride = Opt(2)
     scale = Opt(1.0, float)
 
@@ -564,6 +618,7 @@ class Reorg3d(Layer):
 
     kind = "reorg3d"
     names = ("reorg3d",)
+    weight_layout = Layer.no_tensors
     stride = Opt(1)
     reverse = Opt(0)
 
@@ -591,6 +646,7 @@ class Reorg(Reorg3d):
 class Yolo(Layer):
     kind = "yolo"
     names = ("yolo",)
+    weight_layout = Layer.no_tensors
     known_keys = _keys(
         "max show_details max_delta counters_per_class label_smooth_eps objectness_smooth iou_normalizer "
         "obj_normalizer cls_normalizer delta_normalizer iou_loss iou_thresh_kind beta_nms nms_kind jitter "
@@ -637,6 +693,7 @@ class GaussianYolo(Yolo):
 class Region(Layer):
     kind = "region"
     names = ("region",)
+    weight_layout = Layer.no_tensors
     known_keys = _keys(
         "max log sqrt focal_loss jitter resize rescore thresh classfix absolute random "
         "coord_scale object_scale noobject_scale mask_scale class_scale bias_match tree map"
@@ -662,6 +719,8 @@ class Detection(Layer):
 
     kind = "detection"
     names = ("detection",)
+    infer = Layer.same_shape
+    weight_layout = Layer.no_tensors
     known_keys = _keys(
         "coords classes rescore num side softmax sqrt max coord_scale forced object_scale noobject_scale "
         "class_scale jitter resize random reorg"
@@ -671,6 +730,8 @@ class Detection(Layer):
 class Softmax(Layer):
     kind = "softmax"
     names = ("softmax", "soft")
+    infer = Layer.same_shape
+    weight_layout = Layer.no_tensors
     known_keys = frozenset({"tree", "spatial", "noloss"})
     groups = Opt(1)
     temperature = Opt(1.0, float)
@@ -679,6 +740,8 @@ class Softmax(Layer):
 class Dropout(Layer):
     kind = "dropout"
     names = ("dropout",)
+    infer = Layer.same_shape
+    weight_layout = Layer.no_tensors
     known_keys = frozenset({"dropblock", "dropblock_size_rel", "dropblock_size_abs"})
     probability = Opt(0.2, float)
 
@@ -686,6 +749,7 @@ class Dropout(Layer):
 class BatchNorm(Layer):
     kind = "batchnorm"
     names = ("batchnorm",)
+    infer = Layer.same_shape
 
     def weight_layout(self) -> list[tuple[str, tuple[int, ...]]]:
         c = self.in_shape[0]
@@ -695,6 +759,8 @@ class BatchNorm(Layer):
 class Activation(Layer):
     kind = "activation"
     names = ("activation",)
+    infer = Layer.same_shape
+    weight_layout = Layer.no_tensors
     activation = _activation("linear")
 
 
@@ -703,6 +769,7 @@ class Crop(Layer):
 
     kind = "crop"
     names = ("crop",)
+    weight_layout = Layer.no_tensors
     known_keys = frozenset({"flip", "angle", "saturation", "exposure", "shift"})
     crop_height = Opt(1)
     crop_width = Opt(1)
@@ -715,12 +782,16 @@ class Crop(Layer):
 class Cost(Layer):
     kind = "cost"
     names = ("cost",)
+    infer = Layer.same_shape
+    weight_layout = Layer.no_tensors
     known_keys = frozenset({"type", "scale", "ratio"})
 
 
 class Contrastive(Layer):
     kind = "contrastive"
     names = ("contrastive",)
+    infer = Layer.same_shape
+    weight_layout = Layer.no_tensors
     refs = ("yolo_layer",)
     known_keys = frozenset({"classes", "temperature", "cls_normalizer", "max_delta", "contrastive_neg_max"})
 
@@ -731,6 +802,8 @@ class Contrastive(Layer):
 class Empty(Layer):
     kind = "empty"
     names = ("empty", "silence")
+    infer = Layer.same_shape
+    weight_layout = Layer.no_tensors
 
 
 class Implicit(Layer):
@@ -754,6 +827,8 @@ class Normalization(Layer):
 
     kind = "normalization"
     names = ("normalization", "lrn")
+    infer = Layer.same_shape
+    weight_layout = Layer.no_tensors
     alpha = Opt(0.0001, float)
     beta = Opt(0.75, float)
     kappa = Opt(1.0, float)
@@ -765,6 +840,7 @@ LAYER_TYPES: dict[str, type[Layer]] = {
     for cls in (
         Convolutional,
         Connected,
+        Local,
         MaxPool,
         LocalAvgPool,
         AvgPool,
@@ -804,7 +880,6 @@ UNSUPPORTED = {
     "conv_lstm": "recurrent layers are not supported",
     "crnn": "recurrent layers are not supported",
     "history": "recurrent layers are not supported",
-    "local": "locally-connected layers are not supported",
 }
 
 

@@ -54,6 +54,7 @@ from .layers import (
     GaussianYolo,
     Implicit,
     Layer,
+    Local,
     LocalAvgPool,
     MaxPool,
     Normalization,
@@ -486,6 +487,27 @@ def _connected(layer: Connected, ins: list[Moments], init: _Init) -> Moments:
     return activation_moments(out, layer.activation)
 
 
+def _local(layer: Local, ins: list[Moments], init: _Init) -> Moments:
+    """Each output position's filters drawn as a convolution's (no BN: biases centre each output value),
+    moments taken over the taps inside the input at that position; a filter's output is then the mixture of
+    its positions (their variance profile kept)."""
+    m, (h, w), n, taps = ins[0], layer.local_output(), layer.filters, layer.size**2
+    windows = _Windows.along(layer.in_shape[1:], (h, w), (layer.stride,) * 2, -layer.pad, layer.size)
+    rows, cols = windows.inside()
+    inside = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(h * w, 1, taps)  # (position, 1, tap)
+    weights = _draw_filters(init, h * w * n, m, 1, taps, normalised=False)  # (position·filter, c, tap)
+    total = _tap_sums(weights, m.mean, 1).reshape(h * w, n, taps)
+    square = _tap_sums(weights, m.var, 1, square=True).reshape(h * w, n, taps)
+    pre = Moments((total * inside).sum(2).ravel(), (square * inside).sum(2).ravel())
+    tensors, out = _finish_linear(pre, weights, m, 1, 0, init)
+    mean, var = out.mean.reshape(h * w, n), out.var.reshape(h * w, n)
+    _store(layer, {"biases": tensors["biases"].reshape(h * w, n).T, "weights": weights})
+    over = mean.mean(axis=0)
+    spread = np.square(mean - over).mean(axis=0)
+    profile = var.mean(axis=1).reshape(h, w)
+    return activation_moments(Moments(over, var.mean(axis=0) + spread, profile=profile), layer.activation)
+
+
 def _batchnorm(layer: BatchNorm, ins: list[Moments], init: _Init) -> Moments:
     tensors, out = _normalise(ins[0], init)
     _store(layer, tensors)
@@ -625,6 +647,7 @@ def _identity(layer: Layer, ins: list[Moments], init: _Init) -> Moments:
 RULES: dict[type[Layer], Rule] = {
     Convolutional: _convolutional,
     Connected: _connected,
+    Local: _local,
     BatchNorm: _batchnorm,
     Shortcut: _shortcut,
     Route: _route,

@@ -102,3 +102,24 @@ def check_region_tree(layer: L.Region) -> None:
             "at entry 5 of each box whatever coords is (undefined result); use coords=4",
             layer.where("tree"),
         )
+
+
+def local_padding(layer: L.Local) -> int:
+    """The zero padding darknet's forward_local_layer hands im2col: the ``pad`` option's value itself."""
+    return layer.pad
+
+
+def check_local(layer: L.Local) -> None:
+    """Refuse a ``[local]`` whose im2col grid (padding ``pad``: ``(h + 2·pad - size)/stride + 1``) differs
+    from the layer's output size (``(h - 1)/stride + 1`` with pad): darknet then reads its column buffer with
+    the wrong stride, and past its end (undefined result). With pad=1 that holds for size 3 at stride 1."""
+    _, h, w = layer.in_shape
+    pad, size, stride = local_padding(layer), layer.size, layer.stride
+    grid = ((h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1)
+    if pad < 0 or grid != layer.local_output():
+        raise CfgError(
+            f"layer {layer.index} [local] size={size} stride={stride} pad={pad}: darknet's output size "
+            f"{layer.local_output()} and its im2col size {grid} disagree (undefined result; use pad=0, or "
+            "pad=1 with size=3)",
+            layer.where("pad"),
+        )

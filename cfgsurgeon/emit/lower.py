@@ -84,12 +84,13 @@ class Blur:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A learned tensor of ``shape``, initially ``value`` everywhere; ``name``: its name in generated code."""
+    """A learned tensor of ``shape``, initially ``value`` everywhere; ``name``: its name in generated code,
+    ``slot``: in the layer's module (an op with two parameters gives the second another slot)."""
 
-    slot: ClassVar[str] = "weight"
     shape: tuple[int, ...]
     value: float
     name: str
+    slot: str = "weight"
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,19 @@ class BinaryConv:
     bn: BatchNorm | None
     xnor: bool
     minus_one_pad: int | None
+
+
+@dataclass(frozen=True)
+class LocallyConnected:
+    """darknet's ``[local]`` before its activation: at output position (y, x), the im2col column of the input
+    (zero padding ``padding``, channel-major then kernel row and column, darknet's order) times that
+    position's ``weights[y, x]`` (filters × channels·size²), plus ``biases`` (one per output value)."""
+
+    weights: Parameter
+    biases: Parameter
+    size: int
+    stride: int
+    padding: int
 
 
 @dataclass(frozen=True)
@@ -427,6 +441,16 @@ def _connected(layer: L.Connected, tree: TreePath) -> Lowered:
     ops = (Flatten(), fc, *norm, *_act(layer.activation), Unflatten())
     params = {**_bn_params(), "weights": "fc.weight"} if bn else {"biases": "fc.bias", "weights": "fc.weight"}
     return Lowered(ops, params)
+
+
+@lowering(L.Local)
+def _local(layer: L.Local, tree: TreePath) -> Lowered:
+    rules.check_local(layer)
+    shapes = dict(layer.weight_layout())
+    weights = Parameter(shapes["weights"], 0.0, "weights")
+    biases = Parameter(shapes["biases"], 0.0, "biases", slot="bias")
+    op = LocallyConnected(weights, biases, layer.size, layer.stride, rules.local_padding(layer))
+    return Lowered((op, *_act(layer.activation)), {"biases": "bias", "weights": "weight"})
 
 
 @lowering(L.BatchNorm)

@@ -183,6 +183,20 @@ def binary_conv_darknet(
     return y * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
 
 
+def local_darknet(x: Tensor, weights: Tensor, biases: Tensor, size: int, stride: int, padding: int) -> Tensor:
+    """[local] before its activation: at each output position, darknet's im2col column (zero padding, order
+    channel, kernel row, kernel column) times that position's filters weights[y, x] (filters, c, size, size),
+    plus one bias per output value. The column is gathered by strided slices, one per kernel tap."""
+    out_h, out_w = biases.shape[1:]
+    padded = F.pad(x, (padding,) * 4)
+    rows, cols = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+    taps = [
+        padded[:, :, i : i + rows : stride, j : j + cols : stride] for i in range(size) for j in range(size)
+    ]
+    columns = torch.stack(taps, dim=2).flatten(1, 2)  # (batch, c*size*size, out_h, out_w)
+    return torch.einsum("bkhw,hwnk->bnhw", columns, weights.flatten(3)) + biases
+
+
 def maxpool_darknet(
     x: Tensor, size: int, stride: tuple[int, int], pads: tuple[int, int, int, int], out_hw: tuple[int, int]
 ) -> Tensor:
@@ -429,6 +443,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 FUNCTIONS: dict[type, Callable[..., Tensor]] = {
     lo.BinaryConv: binary_conv_darknet,
+    lo.LocallyConnected: local_darknet,
     lo.MaxPool: maxpool_darknet,
     lo.LocalAvgPool: local_avgpool_darknet,
     lo.MaxPoolDepth: maxpool_depth,

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from . import registry
 from .activations import ELEMENTWISE
 from .ir import Graph
 from .layers import (
@@ -176,9 +177,7 @@ def random_weights(graph: Graph, seed: int = 0, dead_fraction: float = 0.0) -> N
     init = _Init(np.random.default_rng(seed), dead_fraction)
     moments: dict[int, Moments] = {id(graph.net): _constant(graph.net.out_shape[0], *IMAGE)}
     for layer in graph.layers:
-        rule = RULES.get(type(layer))
-        if rule is None:
-            raise NotImplementedError(f"random_weights has no rule for layer {layer.index} [{layer.header}]")
+        rule = registry.rule("randinit", layer)
         layer.weights = None
         out = rule(layer, [moments[id(node)] for node in layer.inputs], init)
         moments[id(layer)] = replace(out, profile=_fit(out.profile, layer.out_shape[1:]))
@@ -644,33 +643,36 @@ def _identity(layer: Layer, ins: list[Moments], init: _Init) -> Moments:
     return ins[0]
 
 
-RULES: dict[type[Layer], Rule] = {
-    Convolutional: _convolutional,
-    Connected: _connected,
-    Local: _local,
-    BatchNorm: _batchnorm,
-    Shortcut: _shortcut,
-    Route: _route,
-    MaxPool: _maxpool,
-    LocalAvgPool: _local_avgpool,
-    AvgPool: _avgpool,
-    Upsample: _upsample,
-    Reorg3d: _reorg,
-    Reorg: _reorg,
-    ScaleChannels: _scale_channels,
-    Sam: _sam,
-    Crop: _crop,
-    Implicit: _implicit,
-    Activation: _activation,
-    # heads, identities at inference, and layers whose output scale does not matter downstream
-    Yolo: _identity,
-    GaussianYolo: _identity,
-    Region: _identity,
-    Detection: _identity,
-    Softmax: _identity,
-    Dropout: _identity,
-    Empty: _identity,
-    Cost: _identity,
-    Contrastive: _identity,
-    Normalization: _identity,
-}
+RULES = registry.define(
+    "randinit",
+    {
+        Convolutional: _convolutional,
+        Connected: _connected,
+        Local: _local,
+        BatchNorm: _batchnorm,
+        Shortcut: _shortcut,
+        Route: _route,
+        MaxPool: _maxpool,
+        LocalAvgPool: _local_avgpool,
+        AvgPool: _avgpool,
+        Upsample: _upsample,
+        Reorg3d: _reorg,
+        Reorg: _reorg,
+        ScaleChannels: _scale_channels,
+        Sam: _sam,
+        Crop: _crop,
+        Implicit: _implicit,
+        Activation: _activation,
+        # heads, identities at inference, and layers whose output scale does not matter downstream
+        Yolo: _identity,
+        GaussianYolo: _identity,
+        Region: _identity,
+        Detection: _identity,
+        Softmax: _identity,
+        Dropout: _identity,
+        Empty: _identity,
+        Cost: _identity,
+        Contrastive: _identity,
+        Normalization: _identity,
+    },
+)

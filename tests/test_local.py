@@ -22,6 +22,8 @@ from cfgsurgeon.emit.torch import to_torch
 from cfgsurgeon.emit.torch_source import torch_source
 from cfgsurgeon.ir import Graph, load_cfg
 from cfgsurgeon.randinit import random_weights
+from cfgsurgeon.surgery.groups import analyse
+from cfgsurgeon.surgery.prune import prune
 
 HEADER = np.array([0, 2, 0], dtype="<i4").tobytes() + np.zeros(1, dtype="<u8").tobytes()
 
@@ -280,3 +282,69 @@ def _run_small(graph: Graph) -> None:
     with torch.no_grad():
         outputs = to_torch(graph)(x)
     assert all(bool(torch.isfinite(out).all()) for out in outputs)
+
+
+# -- pruning: the local's input channels go, compensated exactly; its outputs are a fixed boundary ----------
+PRUNE_CFG = """
+[net]
+width=10
+height=10
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=0
+activation=leaky
+
+[local]
+size=3
+stride=2
+pad=1
+filters=6
+activation=leaky
+
+[connected]
+output=7
+activation=linear
+"""
+
+
+def test_pruning_its_input_is_exact_at_every_position() -> None:
+    graph = loads_cfg(PRUNE_CFG, "prune.cfg", warn=quiet)
+    random_weights(graph, seed=3)
+    result = prune(graph, "slim", percent=0.5, round_to=1)
+    kept = result.kept_channels[1]
+    assert 0 < len(kept) < 16 and result.border_layers == []  # 1×1 and [local] consumers: no border caveat
+    local = result.pruned.layers[2]
+    assert local.in_shape[0] == len(kept) and local.out_shape == (6, 5, 5)
+    reference = graph.clone()  # the keep-size model with the removed channels switched off by hand
+    for index, channels in result.kept_channels.items():
+        layer = reference.layers[index]
+        if layer.weights is not None and "scales" in layer.weights:
+            scales = np.zeros_like(layer.weights["scales"])
+            scales[channels] = layer.weights["scales"][channels]
+            layer.weights = {**layer.weights, "scales": scales}
+    x = torch.from_numpy(np.random.default_rng(0).random((2, 3, 10, 10)))
+    with torch.no_grad():
+        want = to_torch(reference).double()(x, keep=[2, 3])
+        got = to_torch(result.pruned).double()(x, keep=[2, 3])
+    for a, b in zip(got, want, strict=True):
+        assert float((a - b).abs().max()) < 1e-6 * float(b.abs().max())  # float32 .weights of shifted biases
+
+
+def test_its_outputs_are_not_prunable() -> None:
+    graph = loads_cfg(PRUNE_CFG, "prune.cfg", warn=quiet)
+    analysis = analyse(graph)
+    assert not analysis.unit_prunable[analysis.output_units[2]].any()
+    assert analysis.unit_prunable[analysis.input_units[2][0]].all()

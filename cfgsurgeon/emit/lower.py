@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import layers as L
+from .. import registry
 from ..errors import CfgError
 from ..tree import has_tree, load_tree
 from . import darknet_rules as rules
@@ -367,18 +368,12 @@ def _act(name: str) -> tuple[Op, ...]:
 
 
 # -- one lowering per layer type -----------------------------------------------------------------------------
-LOWER: dict[type[L.Layer], Callable[[Any, TreePath], Lowered]] = {}
+LOWER: dict[type[L.Layer], Any] = registry.table("lowering")  # the registry's stage, filled below
 
 
 def lowering(*kinds: type[L.Layer]) -> Callable[[Callable[[Any, TreePath], Lowered]], Callable]:
     """Register the decorated function as the lowering of ``kinds``."""
-
-    def register(function: Callable[[Any, TreePath], Lowered]) -> Callable:
-        for kind in kinds:
-            LOWER[kind] = function
-        return function
-
-    return register
+    return registry.register("lowering", *kinds)
 
 
 def lower(layer: L.Layer, tree: TreePath = None) -> Lowered:

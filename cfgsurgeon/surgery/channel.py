@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import layers as L
+from .. import registry
 from ..activations import activate
 from ..ir import Graph
 from .groups import ChannelAnalysis, is_prunable_producer
@@ -41,7 +42,9 @@ def prune_channels(
         out_keep = keep_unit[analysis.output_units[old.index]]
         in_keep = [keep_unit[units] for units in analysis.input_units[old.index]]
         in_values = [constants[id(node)] for node in old.inputs]
-        SLICERS.get(type(old), _no_weights)(new, old, in_keep, out_keep, in_values)
+        slicer = registry.rule("slicing", old)
+        if not isinstance(slicer, registry.NotApplicable):
+            slicer(new, old, in_keep, out_keep, in_values)
 
     # Each layer's slice depends only on the masks and constants computed above and writes only its own new
     # node, so layers are sliced concurrently: numpy's copies and sums release the GIL (same result, faster).
@@ -72,14 +75,14 @@ def pruned_constants(analysis: ChannelAnalysis, keep_unit: np.ndarray) -> dict[i
     values: dict[int, np.ndarray] = {id(graph.net): np.full(graph.input_shape[0], np.nan)}
     for layer in graph.layers:
         ins = [values[id(node)] for node in layer.inputs]
-        rule = CONSTANTS.get(type(layer), _not_constant)
-        out = rule(layer, ins)
+        out = registry.rule("compensation", layer)(layer, ins)
         removed = ~keep_unit[analysis.output_units[layer.index]]
         values[id(layer)] = np.where(removed, out, np.nan)
     return values
 
 
 def _not_constant(layer: L.Layer, ins: list[np.ndarray]) -> np.ndarray:
+    """A layer that mixes its input channels (or whose outputs are never removed)."""
     return np.full(layer.out_shape[0], np.nan)
 
 
@@ -142,36 +145,48 @@ def _batchnorm_constant(layer: L.BatchNorm, ins: list[np.ndarray]) -> np.ndarray
     return (ins[0] - w["rolling_mean"]) / np.sqrt(w["rolling_variance"] + BN_EPS) * w["scales"] + w["biases"]
 
 
-CONSTANTS: dict[type[L.Layer], ConstantRule] = {
-    L.Convolutional: _conv_constant,
-    L.Route: _route_constant,
-    L.Shortcut: _shortcut_constant,
-    L.Sam: lambda layer, ins: _product_constant(layer, ins),
-    L.ScaleChannels: lambda layer, ins: _product_constant(layer, ins),
-    L.Reorg3d: lambda layer, ins: np.tile(ins[0], layer.stride * layer.stride),
-    L.MaxPool: _same,
-    L.LocalAvgPool: _same,
-    L.AvgPool: _same,
-    L.Dropout: _same,
-    L.Empty: _same,
-    L.Upsample: _upsample_constant,
-    L.Crop: _crop_constant,
-    L.BatchNorm: _batchnorm_constant,
-    L.Activation: lambda layer, ins: (
-        activate(layer.activation, ins[0])
-        if not layer.activation.startswith("normalize")
-        else np.full(len(ins[0]), np.nan)
-    ),
-}
+CONSTANTS = registry.define(
+    "compensation",
+    {
+        L.Convolutional: _conv_constant,
+        L.Route: _route_constant,
+        L.Shortcut: _shortcut_constant,
+        L.Sam: lambda layer, ins: _product_constant(layer, ins),
+        L.ScaleChannels: lambda layer, ins: _product_constant(layer, ins),
+        L.Reorg3d: lambda layer, ins: np.tile(ins[0], layer.stride * layer.stride),
+        L.MaxPool: _same,
+        L.LocalAvgPool: _same,
+        L.AvgPool: _same,
+        L.Dropout: _same,
+        L.Empty: _same,
+        L.Upsample: _upsample_constant,
+        L.Crop: _crop_constant,
+        L.BatchNorm: _batchnorm_constant,
+        L.Activation: lambda layer, ins: (
+            activate(layer.activation, ins[0])
+            if not layer.activation.startswith("normalize")
+            else np.full(len(ins[0]), np.nan)
+        ),
+        # mix channels or keep every output channel: no constant to pass on
+        L.Connected: _not_constant,
+        L.Local: _not_constant,
+        L.Reorg: _not_constant,
+        L.Yolo: _not_constant,
+        L.GaussianYolo: _not_constant,
+        L.Region: _not_constant,
+        L.Detection: _not_constant,
+        L.Softmax: _not_constant,
+        L.Normalization: _not_constant,
+        L.Implicit: _not_constant,
+        L.Cost: _not_constant,
+        L.Contrastive: _not_constant,
+    },
+)
 
 
 # -- slicing weights ----------------------------------------------------------------------------------------
 
 Slicer = Callable[[L.Layer, L.Layer, list[np.ndarray], np.ndarray, list[np.ndarray]], None]
-
-
-def _no_weights(new: L.Layer, old: L.Layer, in_keep, out_keep, in_values) -> None:
-    pass
 
 
 def _slice_conv(new: L.Convolutional, old: L.Convolutional, in_keep, out_keep, in_values) -> None:
@@ -269,12 +284,73 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-SLICERS: dict[type[L.Layer], Slicer] = {
-    L.Convolutional: _slice_conv,
-    L.Connected: _slice_connected,
-    L.BatchNorm: _slice_batchnorm,
-    L.Shortcut: _slice_shortcut,
-}
+def _slice_local(new: L.Local, old: L.Local, in_keep, out_keep, in_values) -> None:
+    """Cut the removed input channels from every position's filters and add what they gave (their constant
+    times the taps inside the input there) to that position's biases: exact at the borders too, since each
+    output value has a bias of its own. The outputs are never cut (a fixed boundary, see groups.py)."""
+    if old.weights is None:
+        return
+    keep = in_keep[0]
+    removed = np.flatnonzero(~keep)
+    w = np.asarray(old.weights["weights"])  # (out_h, out_w, filters, channels, size, size)
+    constant = np.nan_to_num(np.asarray(in_values[0])[removed], nan=0.0)
+    shift = np.einsum(
+        "hwnckl,c,hwkl->nhw", w[:, :, :, removed], constant, _local_inside(old), dtype=np.float64
+    )
+    biases = np.asarray(old.weights["biases"], dtype=np.float64) + shift
+    new.weights = {"biases": _f32(biases), "weights": _f32(w[:, :, :, np.flatnonzero(keep)])}
+
+
+def _local_inside(layer: L.Local) -> np.ndarray:
+    """Whether each tap of each output position's window lies inside the input, (out_h, out_w, size, size)."""
+    _, h, w = layer.in_shape
+    taps, pad, stride = np.arange(layer.size), layer.pad, layer.stride
+    out_h, out_w = layer.local_output()
+    rows = np.arange(out_h)[:, None] * stride - pad + taps
+    cols = np.arange(out_w)[:, None] * stride - pad + taps
+    inside_rows, inside_cols = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+    return inside_rows[:, None, :, None] & inside_cols[None, :, None, :]
+
+
+_NO_TENSORS = registry.NotApplicable("stores no tensors")
+
+SLICERS = registry.define(
+    "slicing",
+    {
+        L.Convolutional: _slice_conv,
+        L.Connected: _slice_connected,
+        L.Local: _slice_local,
+        L.BatchNorm: _slice_batchnorm,
+        L.Shortcut: _slice_shortcut,
+        L.Implicit: registry.NotApplicable("its channels are a fixed boundary (groups.py): nothing is cut"),
+        **dict.fromkeys(
+            (
+                L.MaxPool,
+                L.LocalAvgPool,
+                L.AvgPool,
+                L.Route,
+                L.ScaleChannels,
+                L.Sam,
+                L.Upsample,
+                L.Reorg3d,
+                L.Reorg,
+                L.Yolo,
+                L.GaussianYolo,
+                L.Region,
+                L.Detection,
+                L.Softmax,
+                L.Dropout,
+                L.Activation,
+                L.Crop,
+                L.Cost,
+                L.Contrastive,
+                L.Empty,
+                L.Normalization,
+            ),
+            _NO_TENSORS,
+        ),
+    },
+)
 
 
 def border_affected(

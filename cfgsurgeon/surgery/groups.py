@@ -6,7 +6,7 @@ channels around (pooling, upsample, route, reorg3d, …) reuse their inputs' ato
 together (shortcut, sam, scale_channels, depthwise convolution, grouped routes) *unite* atoms. A connected set
 of atoms is a **unit**: the smallest thing that can be pruned. Units whose producers are the same layers
 form a **group** (e.g. one residual stage of yolov4: all its shortcut-coupled convolutions). The rules live in
-``RULES``, one function per layer type.
+``RULES`` (the registry's ``channels`` stage), one function per layer type.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from itertools import pairwise
 import numpy as np
 
 from .. import layers as L
+from .. import registry
 from ..ir import Graph
 
 
@@ -150,8 +151,7 @@ def analyse(graph: Graph) -> ChannelAnalysis:
     for layer in graph.layers:
         ins = [spaces[id(node)] for node in layer.inputs]
         inputs_atoms.append(ins)
-        rule = RULES.get(type(layer), _mixing)
-        spaces[id(layer)] = rule(layer, ins, atoms)
+        spaces[id(layer)] = registry.rule("channels", layer)(layer, ins, atoms)
     unit_of_atom, unit_prunable, shortcut_units = atoms.solve()
     output_units = [unit_of_atom[spaces[id(layer)]] for layer in graph.layers]
     input_units = [[unit_of_atom[a] for a in ins] for ins in inputs_atoms]
@@ -335,21 +335,43 @@ def _batchnorm(layer: L.BatchNorm, ins: list[np.ndarray], atoms: _Atoms) -> np.n
     return ins[0]
 
 
-RULES: dict[type[L.Layer], Rule] = {
-    L.Convolutional: _convolutional,
-    L.Route: _route,
-    L.Shortcut: _shortcut,
-    L.Sam: _elementwise_product,
-    L.ScaleChannels: _elementwise_product,
-    L.Reorg3d: _reorg3d,
-    L.MaxPool: _maxpool,
-    L.LocalAvgPool: _pass_through,
-    L.AvgPool: _pass_through,
-    L.Upsample: _pass_through,
-    L.Dropout: _pass_through,
-    L.Empty: _pass_through,
-    L.Crop: _pass_through,
-    L.BatchNorm: _batchnorm,
-    L.Activation: _activation,
-    # Everything else mixes channels or defines a format (heads, softmax, connected, old reorg, …): fixed.
-}
+def _local(layer: L.Local, ins: list[np.ndarray], atoms: _Atoms) -> np.ndarray:
+    """Input channels may go (their weights are cut, their constant folded into the per-position biases,
+    exactly: see channel.py); the outputs are a fixed boundary, as for a conv without batch norm: no γ to
+    score them by."""
+    return atoms.fresh(layer.filters, prunable=False)
+
+
+RULES = registry.define(
+    "channels",
+    {
+        L.Convolutional: _convolutional,
+        L.Local: _local,
+        L.Route: _route,
+        L.Shortcut: _shortcut,
+        L.Sam: _elementwise_product,
+        L.ScaleChannels: _elementwise_product,
+        L.Reorg3d: _reorg3d,
+        L.MaxPool: _maxpool,
+        L.LocalAvgPool: _pass_through,
+        L.AvgPool: _pass_through,
+        L.Upsample: _pass_through,
+        L.Dropout: _pass_through,
+        L.Empty: _pass_through,
+        L.Crop: _pass_through,
+        L.BatchNorm: _batchnorm,
+        L.Activation: _activation,
+        # mix channels or define a format (heads, softmax, connected, old reorg, …): fixed boundaries
+        L.Connected: _mixing,
+        L.Reorg: _mixing,
+        L.Yolo: _mixing,
+        L.GaussianYolo: _mixing,
+        L.Region: _mixing,
+        L.Detection: _mixing,
+        L.Softmax: _mixing,
+        L.Normalization: _mixing,
+        L.Implicit: _mixing,
+        L.Cost: _mixing,
+        L.Contrastive: _mixing,
+    },
+)

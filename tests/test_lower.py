@@ -191,8 +191,9 @@ def test_share_index_keeps_its_geometry_and_stores_no_tensors() -> None:
         ((net(8, channels=4), conv(xnor=1, size=1, pad=0)), "not a multiple of 32"),
         ((net(8), section("maxpool", size=2, stride=2, antialiasing=1)), "antialiasing is not supported"),
         ((net(8, channels=4), section("reorg3d", stride=2, reverse=1)), "reverse=1 is not supported"),
+        ((net(8), section("local", size=5, pad=1)), r"output size \(8, 8\) and its im2col size \(6, 6\)"),
     ],
-    ids=["dilation", "1x1-stride-y", "xnor-channels", "pool-antialiasing", "reorg-reverse"],
+    ids=["dilation", "1x1-stride-y", "xnor-channels", "pool-antialiasing", "reorg-reverse", "local-5x5-pad"],
 )
 def test_refusals_name_the_cfg_line(sections: tuple, message: str) -> None:
     graph = graph_of(*sections)
@@ -323,6 +324,18 @@ def test_connected_flattens_and_unflattens() -> None:
 )
 def test_one_op_layers(text: str, expected: object) -> None:
     assert lowered(net(8), text).ops == (expected,)
+
+
+def test_local_binds_one_filter_bank_and_bias_per_output_position() -> None:
+    # 4x7x9 input, size 3, stride 2, pad 1: out (7 - 1)//2 + 1 = 4 by (9 - 1)//2 + 1 = 5; im2col pads by pad=1
+    result = lowered(
+        net(7, 9, channels=4), section("local", filters=5, size=3, stride=2, pad=1, activation="leaky")
+    )
+    weights = lo.Parameter((4, 5, 5, 4, 3, 3), 0.0, "weights")
+    biases = lo.Parameter((5, 4, 5), 0.0, "biases", slot="bias")
+    assert result.ops == (lo.LocallyConnected(weights, biases, size=3, stride=2, padding=1), lo.Act("leaky"))
+    assert result.params == {"biases": "bias", "weights": "weight"}
+    assert [op.slot for op in result.modules()] == ["weight", "bias"]
 
 
 def test_implicit_and_batchnorm_bind_their_tensors() -> None:

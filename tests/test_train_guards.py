@@ -269,3 +269,24 @@ def test_eval_every_keeps_the_best_epoch_and_writes_the_history(nano, tmp_path):
         for name, value in (layer.weights or {}).items():
             np.testing.assert_array_equal(value, snapshots[best_epoch][layer.index][name])
     assert (out / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_multiscale_feeds_each_step_its_size(nano, tmp_path, monkeypatch):
+    """--multiscale: every optimizer step's batch is resized to multiscale_size(step) (that function is
+    checked against darknet's formula in test_mosaic.py); the start-up lines say so."""
+    from cfgsurgeon.train import dataset
+    from cfgsurgeon.train.dataset import multiscale_size
+
+    seen: list[tuple[int, int]] = []
+    resize = dataset.resize_batch
+
+    def recording(images, wh):
+        seen.append(wh)
+        return resize(images, wh)
+
+    monkeypatch.setattr(dataset, "resize_batch", recording)
+    lines: list[str] = []
+    train(_config(nano, tmp_path / "run", epochs=6, multiscale=True), log=lines.append)
+    assert seen == [multiscale_size((64, 64), step, 0) for step in range(12)]
+    assert len(set(seen)) > 1
+    assert any(line.startswith("multi-scale: input sizes from ×1/1.4 to ×1.4") for line in lines)

@@ -120,6 +120,14 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _smoothed(values: Sequence[float], weight: float = DivergenceGuard.smoothing) -> list[float]:
+    """The moving average the divergence guard watches."""
+    out: list[float] = []
+    for value in values:
+        out.append(value if not out else out[-1] + weight * (value - out[-1]))
+    return out
+
+
 def plot_history(
     step_losses: Sequence[float], lrs: Sequence[float], epochs: Sequence[dict[str, Any]], path: str | Path
 ) -> Path:
@@ -133,7 +141,9 @@ def plot_history(
 
     figure, axes = plt.subplots(2, 2, figsize=(10, 6), dpi=100)
     steps = range(1, len(step_losses) + 1)
-    axes[0, 0].plot(steps, step_losses, color="#3b6ea8", linewidth=0.8)
+    axes[0, 0].plot(steps, step_losses, color="#9bb7d8", linewidth=0.8, label="step")
+    axes[0, 0].plot(steps, _smoothed(step_losses), color="#1d4f8c", linewidth=1.5, label="moving average")
+    axes[0, 0].legend(loc="upper right")
     axes[0, 0].set(
         title="loss per image", xlabel="step", yscale="log" if min(step_losses, default=1) > 0 else "linear"
     )

@@ -342,7 +342,8 @@ def test_progress_bar_only_when_asked_and_on_a_terminal(setup, monkeypatch, tty,
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         evaluate_data(graph, setup.data, batch_size=5, warn=quiet, progress=progress)
-    assert ("12/12" in stderr.getvalue()) == shown, stderr.getvalue()
+    # "/12 " is the bar's total: which counts it draws before closing depends on the machine's speed
+    assert ("/12 [" in stderr.getvalue()) == shown, stderr.getvalue()
     assert stdout.getvalue() == ""  # the library prints nothing itself
 
 

@@ -154,9 +154,7 @@ def choose_sparse(out: Path, baseline: dict, max_drop: float) -> dict:
     within = [r for r in rows if r["valid"]["mAP50"] >= (1 - max_drop) * baseline["valid"]["mAP50"]]
     if within:
         return max(within, key=lambda r: r["small_gamma"])
-    log(
-        f"no sparse run kept its valid mAP@0.5 within {max_drop:.0%} of the baseline: the best one goes on"
-    )
+    log(f"no sparse run kept its valid mAP@0.5 within {max_drop:.0%} of the baseline: the best one goes on")
     return max(rows, key=lambda r: r["valid"]["mAP50"])
 
 
@@ -185,7 +183,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning and sparse-training epochs")
     parser.add_argument("--recover-epochs", type=int, default=4)
     parser.add_argument("--sparsity", type=float, nargs="+", default=[2.0])
-    parser.add_argument("--protect", type=float, nargs="+", default=[0.7, 0.8])
+    parser.add_argument("--protect", type=float, nargs="+", default=[0.8, 0.9])
+    parser.add_argument("--schedule", choices=("local-decay", "layer-decay"), default="layer-decay")
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
@@ -199,8 +198,8 @@ def main() -> None:
         cached(out / "finetune.json", lambda: run_training(coco, out / "finetune", args, args.epochs))
     if args.stage in ("all", "sparse"):
         for s, p in [(s, p) for s in args.sparsity for p in args.protect]:
-            name = f"sparse-s{s:g}-p{p:g}"
-            extra = {"sparsity": s, "sparsity_schedule": "local-decay", "sparsity_decay_start": 0.0}
+            name = f"sparse-s{s:g}-p{p:g}" + ("-layer" if args.schedule == "layer-decay" else "")
+            extra = {"sparsity": s, "sparsity_schedule": args.schedule, "sparsity_decay_start": 0.0}
             extra["sparsity_protect"] = p
             cached(
                 out / f"{name}.json",

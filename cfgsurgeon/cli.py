@@ -1102,10 +1102,10 @@ def sparsify(cfg: Path, weights: Path, outdir: Path, as_json: bool, **settings) 
     "--sparsity-schedule",
     default="constant",
     show_default=True,
-    type=click.Choice(["constant", "global-decay", "local-decay"]),
+    type=click.Choice(["constant", "global-decay", "local-decay", "layer-decay"]),
     help="constant: s throughout; global-decay: s/100 from --sparsity-decay-start on; local-decay: from "
     "then on, s/100 for the --sparsity-protect share of largest |γ| (the channels pruning keeps, chosen "
-    "again every epoch), s for the rest.",
+    "again every epoch), s for the rest; layer-decay: the same share within each layer.",
 )
 @click.option(
     "--sparsity-decay-start",

@@ -206,6 +206,13 @@ activation=relu6
 [reorg]
 stride=2
 
+[local]
+size=3
+stride=1
+pad=1
+filters=8
+activation=leaky
+
 [connected]
 output=10
 batch_normalize=1

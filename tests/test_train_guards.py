@@ -290,3 +290,31 @@ def test_multiscale_feeds_each_step_its_size(nano, tmp_path, monkeypatch):
     assert seen == [multiscale_size((64, 64), step, 0) for step in range(12)]
     assert len(set(seen)) > 1
     assert any(line.startswith("multi-scale: input sizes from ×1/1.4 to ×1.4") for line in lines)
+
+
+@pytest.mark.parametrize("kind", ["local-decay", "layer-decay"])
+def test_decay_schedules_choose_the_protected_channels_overall_or_per_layer(kind):
+    """Two penalised layers, one with |γ| 1…n and one with |γ| a hundred times smaller: local decay protects
+    the largest half of all channels (all of the first layer, the largest of the second), layer decay the
+    largest half of each."""
+    from cfgsurgeon.emit.torch import DarknetModel
+    from cfgsurgeon.train.sparsity import Schedule, SparsityPenalty
+
+    graph = loads_cfg((REPO / "cfg" / "yolo-nano.cfg").read_text(), warn=lambda m: None)
+    penalty = SparsityPenalty(
+        DarknetModel(graph), graph, "all", Schedule(1.0, kind, decay_start=0.0, protect=0.5)
+    )
+    (first, first_mask), (second, second_mask) = penalty.targets[:2]
+    penalty.targets = penalty.targets[:2]
+    with torch.no_grad():
+        first.weight.copy_(torch.arange(1, len(first.weight) + 1, dtype=torch.float32))
+        second.weight.copy_(torch.arange(1, len(second.weight) + 1, dtype=torch.float32) / 100)
+    penalty.start_epoch(0.0)
+    protected = [p.numpy() for p in penalty.protected]
+    if kind == "local-decay":  # the largest half of all channels: every one of layer 0, the rest from layer 1
+        n0, n1 = len(protected[0]), len(protected[1])
+        assert protected[0].all() and protected[1].sum() == (n0 + n1) // 2 - n0
+        assert protected[1][n1 - protected[1].sum() :].all()
+    else:
+        for flags in protected:
+            assert flags.sum() == len(flags) // 2 and flags[len(flags) // 2 :].all()

@@ -16,7 +16,9 @@ penalised only where it may be pruned. Schedules (those of the yolov3 channel-pr
 * ``constant``: ``s`` throughout;
 * ``global-decay``: ``s`` until ``decay_start`` of the run, then ``s·decay_factor``;
 * ``local-decay``: from ``decay_start`` on, the ``protect`` share of penalised channels with the largest |γ|
-  (the ones pruning will keep; chosen again at every epoch) get ``s·decay_factor``, the others keep ``s``.
+  (the ones pruning will keep; chosen again at every epoch) get ``s·decay_factor``, the others keep ``s``;
+* ``layer-decay``: as ``local-decay``, but the ``protect`` share is taken within each layer, so the penalty
+  thins every layer instead of driving a layer whose γ are all small (a whole layer) to zero.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..ir import Graph
 from ..surgery.groups import analyse
 
 SCOPES = ("normal", "shortcut", "slim", "all")
-SCHEDULES = ("constant", "global-decay", "local-decay")
+SCHEDULES = ("constant", "global-decay", "local-decay", "layer-decay")
 SMALL_GAMMA = 0.01  # the |γ| below which a channel counts as driven to zero in reports
 
 
@@ -108,15 +110,21 @@ class SparsityPenalty:
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def start_epoch(self, progress: float) -> None:
-        """Local decay: choose the protected channels again (the ``protect`` share with largest |γ|)."""
-        if self.schedule.kind != "local-decay" or progress < self.schedule.decay_start:
+        """Local/layer decay: choose the protected channels again (the ``protect`` share with largest |γ|,
+        over all penalised channels or within each layer)."""
+        kind = self.schedule.kind
+        if kind not in ("local-decay", "layer-decay") or progress < self.schedule.decay_start:
             self.protected = None
             return
-        values = self.gammas()
-        if not len(values):
+        if not len(self.gammas()):
             return
-        threshold = np.quantile(values, 1 - self.schedule.protect)
-        self.protected = [bn.weight.detach().abs().cpu() >= threshold for bn, _ in self.targets]
+        share = 1 - self.schedule.protect
+        threshold = np.quantile(self.gammas(), share) if kind == "local-decay" else None
+        self.protected = []
+        for bn, mask in self.targets:
+            gamma = bn.weight.detach().abs().cpu()
+            limit = threshold if threshold is not None else np.quantile(gamma[mask].double().numpy(), share)
+            self.protected.append(gamma >= limit)
 
     def apply(self, progress: float) -> None:
         """Call after backward (and after ``GradScaler.unscale_``), before ``optimizer.step()``."""
@@ -129,7 +137,7 @@ class SparsityPenalty:
             s = torch.full_like(gamma, schedule.strength)
             if schedule.kind == "global-decay" and decayed:
                 s *= schedule.decay_factor
-            if schedule.kind == "local-decay" and self.protected is not None:
+            if self.protected is not None:
                 s[self.protected[k].to(s.device)] *= schedule.decay_factor
             s *= mask.to(s.device)
             if gamma.grad is None:

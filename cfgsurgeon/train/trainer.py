@@ -93,7 +93,7 @@ class TrainConfig:
     warmup: int | None = None  # burn-in steps ([net] burn_in)
     lr_policy: str | None = None  # constant | steps | step | poly | cosine ([net] policy)
     sparsity: float = 0.0  # s of the L1 penalty on BN γ (0: off)
-    sparsity_schedule: str = "constant"  # constant | global-decay | local-decay
+    sparsity_schedule: str = "constant"  # constant | global-decay | local-decay | layer-decay
     sparsity_scope: str = "slim"  # normal | shortcut | slim | all (which BN layers are penalised)
     sparsity_decay_start: float = 0.5  # share of the run after which the decaying schedules decay
     sparsity_protect: float = 0.3  # local-decay: share of penalised channels (largest |γ|) spared

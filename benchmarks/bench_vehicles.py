@@ -30,7 +30,6 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +89,9 @@ def stage_coco(out: Path) -> dict:
     return scores(folder / "yolov3-tiny.cfg", folder / "yolov3-tiny.weights")
 
 
-def run_training(start: dict, folder: Path, args, epochs: int, **extra) -> dict:
-    """Train from ``start``'s model into ``folder``; the best valid epoch's weights are scored."""
+def run_training(start: dict, folder: Path, args, epochs: int, final: bool = False, **extra) -> dict:
+    """Train from ``start``'s model into ``folder`` (a run that finished already is only scored again) and
+    score the best valid epoch's weights, or with ``final`` the last epoch's (a sparse model to prune)."""
     config = TrainConfig(
         cfg=Path(start["cfg"]),
         weights=Path(start["weights"]),
@@ -108,20 +108,21 @@ def run_training(start: dict, folder: Path, args, epochs: int, **extra) -> dict:
         seed=args.seed,
         **extra,
     )
-    started = time.perf_counter()
-    try:
-        epochs = train(config, log=log).epochs
-        stopped = None
-    except TrainingDiverged as stop:  # the run's best epoch is still there to score
-        log(str(stop))
-        epochs, stopped = [], str(stop)
-    row = scores(folder / "yolov3-tiny.cfg", folder / "yolov3-tiny_best.weights")
-    row["train_seconds"] = round(time.perf_counter() - started, 1)
-    row["stopped"] = stopped
+    last = folder / "yolov3-tiny.weights"
+    if not last.exists():
+        try:
+            train(config, log=log)
+        except TrainingDiverged as stop:  # its best epoch (and last.pt) are still there
+            log(str(stop))
+    history = json.loads((folder / "history.json").read_text())
+    weights = last if final and last.exists() else folder / "yolov3-tiny_best.weights"
+    row = scores(folder / "yolov3-tiny.cfg", weights)
+    row["train_seconds"] = round(sum(e["seconds"] for e in history["epochs"]), 1)
+    row["stopped"] = history["stopped"]
     row["settings"] = {"epochs": epochs, "lr": args.lr, "warmup": args.warmup, "batch": args.batch, **extra}
     row["history"] = [
-        {"epoch": e.epoch, "loss": e.loss, "small_gamma": e.small_gamma, "valid_map50": e.map50}
-        for e in epochs
+        {"epoch": e["epoch"], "loss": e["loss"], "small_gamma": e["small_gamma"], "valid_map50": e["map50"]}
+        for e in history["epochs"]
     ]
     return row
 
@@ -203,7 +204,7 @@ def main() -> None:
             extra["sparsity_protect"] = p
             cached(
                 out / f"{name}.json",
-                lambda n=name, e=extra: run_training(coco, out / n, args, args.epochs, **e),
+                lambda n=name, e=extra: run_training(coco, out / n, args, args.epochs, final=True, **e),
             )
     if args.stage not in ("all", "report"):
         return

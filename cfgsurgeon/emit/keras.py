@@ -47,9 +47,9 @@ from ..ir import Graph
 from ..tree import has_tree, load_tree
 from .darknet_rules import binary_conv_activation as _binary_conv_activation
 from .darknet_rules import check_binary_conv as _check_binary_conv
+from .darknet_rules import check_region_tree as _check_region_tree
 from .darknet_rules import xnor_bit_packed as _xnor_bit_packed
 from .heads import INPUT_NAME, head_layers, output_names
-from .tf1 import _check_region_tree
 
 BN_EPS = 1e-5  # darknet's normalize_cpu
 PACKAGE = "cfgsurgeon"  # prefix of the custom layers' registered names ("cfgsurgeon>Pool")

@@ -100,8 +100,9 @@ class OpsSource:
 
 
 @functools.cache
-def ops_source() -> OpsSource:
-    text = OPS_FILE.read_text(encoding="utf-8")
+def ops_source(path: Path = OPS_FILE) -> OpsSource:
+    """The ops module at ``path`` (``torch_ops.py``; ``tf_ops.py`` has the same shape) read as text."""
+    text = path.read_text(encoding="utf-8")
     module = ast.parse(text)
     definitions, nodes, tables = {}, {}, {}
     for node in module.body:

@@ -10,7 +10,8 @@ Stages (each a folder under ``--out``; a finished stage is not run again, so the
   channels with the largest |γ|, chosen again every epoch, get s/100, the rest s — so the penalty drives the
   weakest channels to zero instead of shrinking every γ);
 * ``pruned``: the chosen sparse model slim-pruned at its safe ratio (the share of |γ| < 0.01, capped at the
-  bound that leaves every layer a channel), scored before and after ``--recover-epochs`` of fine-tuning.
+  bound that leaves every layer a channel) or ``--prune-ratio`` when that is larger, scored before and after
+  ``--recover-epochs`` of fine-tuning.
 
 Selection is on the valid split only (each run keeps its best epoch by valid mAP@0.5, and the sparse run is
 the one with the most |γ| < 0.01 whose valid mAP@0.5 is within ``--max-drop`` of the fine-tuned baseline's);
@@ -130,13 +131,14 @@ def run_training(start: dict, folder: Path, args, epochs: int, final: bool = Fal
 def stage_pruned(out: Path, sparse: dict, args) -> dict:
     graph = load_cfg(sparse["cfg"], warn=lambda m: None)
     read_weights(graph, sparse["weights"])
-    ratio = safe_slim_ratio(graph)
+    safe = safe_slim_ratio(graph)
+    ratio = max(safe, args.prune_ratio or 0.0)
     result = prune(graph, "slim", percent=ratio)
     folder = out / "pruned"
     folder.mkdir(parents=True, exist_ok=True)
     write_cfg(result.pruned, folder / "yolov3-tiny.cfg")
     write_weights(result.pruned, folder / "yolov3-tiny.weights")
-    row = {"ratio": ratio, "achieved": result.selection.achieved_ratio}
+    row = {"ratio": ratio, "safe_ratio": safe, "achieved": result.selection.achieved_ratio}
     row["before"] = scores(folder / "yolov3-tiny.cfg", folder / "yolov3-tiny.weights")
     row["after"] = run_training(row["before"], out / "recovered", args, args.recover_epochs)
     return row
@@ -190,6 +192,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-drop", type=float, default=0.03)
+    parser.add_argument(
+        "--prune-ratio",
+        type=float,
+        help="slim ratio when above the sparse model's safe ratio (default: safe)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = args.out

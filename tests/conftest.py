@@ -172,3 +172,38 @@ def mish_error(output, x) -> float:
     visible = np.abs(truth) > 1e-3
     got = np.asarray(output, np.float64).reshape(truth.shape)[visible]
     return float((np.abs(got - truth[visible]) / np.abs(truth[visible])).max())
+
+
+@pytest.fixture(scope="module")
+def nano(tmp_path_factory) -> tuple[Path, Path]:
+    """cfg/yolo-nano.cfg at 64x64 (grids 2x2 and 4x4: fast enough for a few CPU steps per test) and a small
+    synthetic dataset for it (8 train, 4 valid images): ``(cfg, .data)``."""
+    from cfgsurgeon.train.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("nano")
+    text = (REPO_CFG_DIR / "yolo-nano.cfg").read_text()
+    cfg = root / "yolo-nano-64.cfg"
+    cfg.write_text(text.replace("width=128", "width=64").replace("height=128", "height=64"))
+    data = make_synthetic_dataset(root / "data", train=8, valid=4, size=64, seed=0)
+    return cfg, data
+
+
+def nano_config(nano: tuple[Path, Path], out: Path, **overrides):
+    """A short, quiet TrainConfig for the ``nano`` fixture (2 epochs of batch 4, constant lr 0.005)."""
+    from cfgsurgeon.train.trainer import TrainConfig
+
+    cfg, data = nano
+    settings = dict(
+        cfg=cfg,
+        data=data,
+        output=out,
+        epochs=2,
+        batch=4,
+        warmup=0,
+        lr=0.005,
+        lr_policy="constant",
+        progress=False,
+        gamma_plots=False,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)

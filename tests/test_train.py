@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import REPORT  # noqa: E402
+from conftest import REPORT, nano_config  # noqa: E402
 
 from cfgsurgeon.ir import loads_cfg  # noqa: E402
 from cfgsurgeon.train.loss import YoloLoss  # noqa: E402
@@ -335,41 +335,7 @@ def test_iou_losses_by_hand(kind: str, expected: float):
 # -- the trainer on yolo-nano ------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
-NANO_64 = "yolo-nano-64.cfg"
-
-
-@pytest.fixture(scope="module")
-def nano(tmp_path_factory) -> tuple[Path, Path]:
-    """cfg/yolo-nano.cfg at 64x64 (grids 2x2 and 4x4: fast enough for a few CPU steps per test) and a small
-    synthetic dataset for it."""
-    from cfgsurgeon.train.synthetic import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("nano")
-    text = (REPO / "cfg" / "yolo-nano.cfg").read_text()
-    cfg = root / NANO_64
-    cfg.write_text(text.replace("width=128", "width=64").replace("height=128", "height=64"))
-    data = make_synthetic_dataset(root / "data", train=8, valid=2, size=64, seed=0)
-    return cfg, data
-
-
-def _config(nano, out: Path, **overrides):
-    from cfgsurgeon.train.trainer import TrainConfig
-
-    cfg, data = nano
-    settings = dict(
-        cfg=cfg,
-        data=data,
-        output=out,
-        epochs=2,
-        batch=4,
-        warmup=0,
-        lr=0.005,
-        lr_policy="constant",
-        progress=False,
-        gamma_plots=False,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+_config = nano_config
 
 
 def test_loss_overfits_one_batch_of_yolo_nano(nano):

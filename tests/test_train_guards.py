@@ -15,6 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import nano_config  # noqa: E402
+
 from cfgsurgeon.ir import loads_cfg  # noqa: E402
 from cfgsurgeon.train.monitor import (  # noqa: E402
     DivergenceGuard,
@@ -105,34 +107,7 @@ def test_progress_lines_once_per_interval():
     assert format_duration(3725) == "1:02:05"
 
 
-@pytest.fixture(scope="module")
-def nano(tmp_path_factory):
-    from cfgsurgeon.train.synthetic import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("guards")
-    text = (REPO / "cfg" / "yolo-nano.cfg").read_text()
-    cfg = root / "nano64.cfg"
-    cfg.write_text(text.replace("width=128", "width=64").replace("height=128", "height=64"))
-    data = make_synthetic_dataset(root / "data", train=8, valid=4, size=64, seed=0)
-    return cfg, data
-
-
-def _config(nano, out: Path, **overrides) -> TrainConfig:
-    cfg, data = nano
-    settings = dict(
-        cfg=cfg,
-        data=data,
-        output=out,
-        epochs=2,
-        batch=4,
-        warmup=0,
-        lr=0.005,
-        progress=False,
-        gamma_plots=False,
-        lr_policy="constant",
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+_config = nano_config
 
 
 class _PoisonedAfterFirstEpoch(torch.utils.data.Dataset):
@@ -263,8 +238,8 @@ def test_eval_every_keeps_the_best_epoch_and_writes_the_history(nano, tmp_path):
     from cfgsurgeon.ir import load_cfg
     from cfgsurgeon.weights import read_weights
 
-    graph = load_cfg(out / "nano64.cfg", warn=lambda m: None)
-    read_weights(graph, out / "nano64_best.weights")
+    graph = load_cfg(out / "yolo-nano-64.cfg", warn=lambda m: None)
+    read_weights(graph, out / "yolo-nano-64_best.weights")
     for layer in graph.layers:
         for name, value in (layer.weights or {}).items():
             np.testing.assert_array_equal(value, snapshots[best_epoch][layer.index][name])

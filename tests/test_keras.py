@@ -208,6 +208,7 @@ CASES = {
     "implicit": "[implicit]\nfilters=4\natoms=3",
     "normalization": STEM + "[normalization]\nsize=5\nalpha=0.001\nbeta=0.75\nkappa=2",
     "activation stair": "[activation]\nactivation=stair",
+    "local": STEM + "[local]\nfilters=3\nsize=3\nstride=2\npad=1\nactivation=leaky",
     "dropout empty": STEM + "[dropout]\nprobability=0.5\n\n[empty]",
 }
 
@@ -548,32 +549,42 @@ def test_keras_file_reloads_with_identical_outputs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(ours, theirs)
 
 
-# custom layer → a case that uses it
+# op of a DarknetOp layer (or a custom layer class) → a case that uses it
 CUSTOM = {
-    "DarknetActivation": "activation stair",
-    "Pool": "maxpool 2/1 padding 2",
+    "Act": "activation stair",
+    "MaxPool": "maxpool 2/1 padding 2",
+    "LocalAvgPool": "local_avgpool 4/4",
     "MaxPoolDepth": "maxpool_depth",
-    "ChannelSlice": "route groups",
+    "Slice": "route groups",
     "Subsample": "conv dilation 3 stride 2",
-    "Affine": "crop",
-    "UpsampleSum": "upsample -3 scale 1.5",
-    "Shortcut": "shortcut per_channel softmax",
+    "Crop": "crop",
+    "Upsample": "upsample -3 scale 1.5",
+    "WeightedSum": "shortcut per_channel softmax",
+    "Scale": "scale_channels scale_wh",
     "Reorg": "reorg 2",
-    "YoloOutput": "Gaussian_yolo",
-    "RegionOutput": "region",
-    "FlatSoftmax": "softmax groups temperature",
+    "HeadAct": "yolo",
+    "GaussianHeadAct": "Gaussian_yolo",
+    "RegionAct": "region",
+    "Softmax": "softmax groups temperature",
     "DetectionSoftmax": "detection softmax",
     "LRN": "normalization",
     "Implicit": "implicit",
     "BinaryConv": "conv xnor",
+    "Blur": "conv antialiasing 1",
+    "LocallyConnected": "local",
 }
+ALWAYS_STANDARD = {"Conv2d", "BatchNorm", "Linear", "Flatten", "Unflatten", "GlobalAvgPool", "Concat"}
 
 
 def test_every_custom_layer_has_a_reload_case() -> None:
+    """Every op that may run in a DarknetOp (tree softmaxes: test_softmax_tree_reloads_from_keras_file)."""
+    ops = set(K.OPS) - ALWAYS_STANDARD - {"TreeSoftmax"}
     custom = {
-        name for name, cls in vars(K).items() if isinstance(cls, type) and issubclass(cls, K._DarknetOp)
+        name
+        for name, cls in vars(K).items()
+        if isinstance(cls, type) and issubclass(cls, keras.layers.Layer) and cls.__module__ == K.__name__
     }
-    assert custom - {"_DarknetOp"} == set(CUSTOM)
+    assert ops | custom - {"DarknetOp"} == set(CUSTOM)
 
 
 @pytest.mark.parametrize(("cls", "case"), CUSTOM.items(), ids=CUSTOM.keys())
@@ -582,7 +593,9 @@ def test_custom_layer_reloads_from_keras_file(tmp_path: Path, cls: str, case: st
     graph = small((net(3, 10, 12) if case in EVEN else net(3, 9, 11)) + CASES[case] + "\n")
     path = tmp_path / "model.keras"
     model = K.write_keras(graph, path)
-    assert cls in {type(layer).__name__ for layer in model.layers}
+    assert cls in {
+        layer.op if isinstance(layer, K.DarknetOp) else type(layer).__name__ for layer in model.layers
+    }
     x = random_input(graph)
     for ours, theirs in zip(K.run_keras(K.load_keras(path), x), K.run_keras(model, x), strict=True):
         np.testing.assert_array_equal(ours, theirs)

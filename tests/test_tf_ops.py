@@ -49,3 +49,19 @@ def test_local_computes_darknets_forward_in_tf1(case: str, tmp_path: Path) -> No
     want = np.stack([darknet_forward_local(image, floats, n, size, stride, pad) for image in images])
     (got,) = tf1_runner(graph)(images)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["3s1-pad", "3s2", "4s2-pad", "1x1"])
+def test_local_computes_darknets_forward_in_keras(case: str, tmp_path: Path) -> None:
+    pytest.importorskip("tf_keras")
+    from cfgsurgeon.emit.keras import run_keras, to_keras
+
+    geometry = CASES[case]
+    c, h, w, n, size, stride, pad = geometry
+    graph = loads_cfg(local_cfg(*geometry), "local.cfg", warn=quiet)
+    path, floats = _weights_file(tmp_path, geometry, seed=len(case))
+    read_weights(graph, path)
+    images = np.random.default_rng(1).random((2, c, h, w), dtype=np.float32) * 2 - 1
+    want = np.stack([darknet_forward_local(image, floats, n, size, stride, pad) for image in images])
+    (got,) = run_keras(to_keras(graph), images)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -140,8 +140,9 @@ def _weights_file(folder: Path, geometry: tuple, seed: int) -> tuple[Path, np.nd
     return path, floats
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_torch_and_standalone_source_compute_darknets_forward(case: str, tmp_path: Path) -> None:
+def local_case(case: str, tmp_path: Path):
+    """The [local] cfg of ``case`` with seeded weights (written to ``tmp_path``), two random images and
+    darknet's outputs for them: ``(graph, weights path, images, expected)``."""
     geometry = CASES[case]
     c, h, w, n, size, stride, pad = geometry
     graph = loads_cfg(local_cfg(*geometry), "local.cfg", warn=quiet)
@@ -149,6 +150,12 @@ def test_torch_and_standalone_source_compute_darknets_forward(case: str, tmp_pat
     read_weights(graph, path)
     images = np.random.default_rng(1).random((2, c, h, w), dtype=np.float32) * 2 - 1
     want = np.stack([darknet_forward_local(image, floats, n, size, stride, pad) for image in images])
+    return graph, path, images, want
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_torch_and_standalone_source_compute_darknets_forward(case: str, tmp_path: Path) -> None:
+    graph, path, images, want = local_case(case, tmp_path)
     with torch.no_grad():
         (got,) = to_torch(graph)(torch.from_numpy(images))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)

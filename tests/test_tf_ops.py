@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import quiet
-from test_local import CASES, _weights_file, darknet_forward_local, local_cfg
+from test_local import local_case
 from test_lower import _op_types
 
 from cfgsurgeon import layers as L
-from cfgsurgeon import loads_cfg, read_weights
 from cfgsurgeon.emit import lower as lo
 
 tf_ops = pytest.importorskip("cfgsurgeon.emit.tf_ops")
@@ -40,13 +38,7 @@ def test_each_function_takes_its_ops_fields() -> None:
 def test_local_computes_darknets_forward_in_tf1(case: str, tmp_path: Path) -> None:
     from cfgsurgeon.emit.tf1 import tf1_runner
 
-    geometry = CASES[case]
-    c, h, w, n, size, stride, pad = geometry
-    graph = loads_cfg(local_cfg(*geometry), "local.cfg", warn=quiet)
-    path, floats = _weights_file(tmp_path, geometry, seed=len(case))
-    read_weights(graph, path)
-    images = np.random.default_rng(1).random((2, c, h, w), dtype=np.float32) * 2 - 1
-    want = np.stack([darknet_forward_local(image, floats, n, size, stride, pad) for image in images])
+    graph, _, images, want = local_case(case, tmp_path)
     (got,) = tf1_runner(graph)(images)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -56,12 +48,6 @@ def test_local_computes_darknets_forward_in_keras(case: str, tmp_path: Path) -> 
     pytest.importorskip("tf_keras")
     from cfgsurgeon.emit.keras import run_keras, to_keras
 
-    geometry = CASES[case]
-    c, h, w, n, size, stride, pad = geometry
-    graph = loads_cfg(local_cfg(*geometry), "local.cfg", warn=quiet)
-    path, floats = _weights_file(tmp_path, geometry, seed=len(case))
-    read_weights(graph, path)
-    images = np.random.default_rng(1).random((2, c, h, w), dtype=np.float32) * 2 - 1
-    want = np.stack([darknet_forward_local(image, floats, n, size, stride, pad) for image in images])
+    graph, _, images, want = local_case(case, tmp_path)
     (got,) = run_keras(to_keras(graph), images)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

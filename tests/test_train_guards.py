@@ -4,6 +4,7 @@ history files. Expected values are worked by hand from the rules the trainer doc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -293,3 +294,26 @@ def test_decay_schedules_choose_the_protected_channels_overall_or_per_layer(kind
     else:
         for flags in protected:
             assert flags.sum() == len(flags) // 2 and flags[len(flags) // 2 :].all()
+
+
+def test_a_collapsing_validation_map_stops_the_run_and_stays_in_the_history(nano, tmp_path, monkeypatch):
+    """Validation mAP 0.4, then 0.1 (below half of the best): the run stops as diverged after epoch 2; the
+    history holds both epochs, best.pt the first, last.pt still epoch 1."""
+    from cfgsurgeon.convert import checkpoint_entry
+    from cfgsurgeon.train import evaluate as evaluation
+
+    scores = iter([0.4, 0.1, 0.9])
+    real = evaluation.evaluate
+
+    def scripted(*args, **kwargs):
+        metrics = real(*args, **kwargs)
+        return dataclasses.replace(metrics, mAP50=next(scores))
+
+    monkeypatch.setattr(evaluation, "evaluate", scripted)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="validation mAP@0.5 fell to 0.1000 at epoch 2"):
+        train(_config(nano, out, epochs=3, eval_every=1), log=lambda m: None)
+    epochs = json.loads((out / "history.json").read_text())["epochs"]
+    assert [e["map50"] for e in epochs] == [0.4, 0.1]
+    assert checkpoint_entry(out / "last.pt", "train")["epoch"] == 1
+    assert checkpoint_entry(out / "best.pt", "train")["epoch"] == 1

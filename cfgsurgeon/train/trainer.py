@@ -749,8 +749,10 @@ class _Run:
         store_darknet_weights(self.model, self.graph)
         if self.penalty.schedule.strength and self.penalty.targets:
             record.safe_ratio = safe_slim_ratio(self.graph)
-        best = self._evaluate(record, final) if self.valid is not None else False
-        self.state.epochs.append(asdict(record))
+        try:
+            best = self._evaluate(record, final) if self.valid is not None else False
+        finally:  # a collapsed epoch is kept in the history too, though not in last.pt
+            self.state.epochs.append(asdict(record))
         self.log(self._epoch_line(record))
         if config.gamma_plots and self.penalty.targets:
             path = output / "gamma" / f"epoch_{record.epoch:03d}.png"

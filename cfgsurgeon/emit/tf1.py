@@ -183,13 +183,7 @@ class TF1Emitter:
 
     def _helper_sources(self) -> list[str]:
         """The used definitions of tf_ops and those they use, in that file's order."""
-        source, wanted, pending = tf_ops_source(), set(), list(self.helpers)
-        while pending:
-            name = pending.pop()
-            if name not in wanted:
-                wanted.add(name)
-                pending.extend(source.uses[name])
-        return [f"\n{text}\n" for name, text in source.definitions.items() if name in wanted]
+        return [f"\n{text}\n" for text in tf_ops_source().needed(self.helpers)]
 
     def _builder(self, codes: list[LayerCode]) -> str:
         c, h, w = self.graph.input_shape

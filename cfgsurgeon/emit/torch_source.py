@@ -98,6 +98,16 @@ class OpsSource:
     activations: dict[str, str]
     functions: dict[str, str]
 
+    def needed(self, names: set[str]) -> list[str]:
+        """The texts of ``names`` and of every definition they use, in file order."""
+        wanted, pending = set(), list(names)
+        while pending:
+            name = pending.pop()
+            if name not in wanted:
+                wanted.add(name)
+                pending.extend(self.uses[name])
+        return [text for name, text in self.definitions.items() if name in wanted]
+
 
 @functools.cache
 def ops_source(path: Path = OPS_FILE) -> OpsSource:
@@ -251,13 +261,7 @@ class TorchSourceEmitter:
 
     def _helper_sources(self) -> list[str]:
         """The used definitions of torch_ops and those they use, in that file's order."""
-        source, wanted, pending = ops_source(), set(), list(self.helpers)
-        while pending:
-            name = pending.pop()
-            if name not in wanted:
-                wanted.add(name)
-                pending.extend(source.uses[name])
-        return [f"\n{text}\n" for name, text in source.definitions.items() if name in wanted]
+        return [f"\n{text}\n" for text in ops_source().needed(self.helpers)]
 
     def _model_class(self, codes: list[LayerCode], heads: list[int]) -> str:
         graph = self.graph

@@ -8,13 +8,13 @@ and the input can never be modified through them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError
+from .errors import CfgSurgeonError, WeightsError
 from .files import atomic_output
 from .ir import Graph
 from .layers import Connected, Layer
@@ -82,11 +82,7 @@ def read_weights(graph: Graph, path: str | Path, upto: int | None = None) -> Wei
     that names the expected and actual byte counts.
     """
     path = str(path)
-    try:
-        data = np.memmap(path, dtype=np.uint8, mode="r")
-    except (OSError, ValueError) as exc:
-        message = getattr(exc, "strerror", None) or str(exc)
-        raise WeightsError(f"cannot read weights: {message}", path) from None
+    data = _mapped(path)
     header = WeightsHeader.from_bytes(data[:20], path)
     layers = graph.layers[:upto] if upto is not None else graph.layers
     needed_floats = sum(layer.params for layer in layers)
@@ -119,6 +115,79 @@ def read_weights(graph: Graph, path: str | Path, upto: int | None = None) -> Wei
         layer.weights = tensors if tensors else None
     graph.weights_header = header
     return header
+
+
+def _mapped(path: str) -> np.memmap:
+    try:
+        return np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as exc:
+        message = getattr(exc, "strerror", None) or str(exc)
+        raise WeightsError(f"cannot read weights: {message}", path) from None
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """What :func:`read_weights_inferred` found in a file."""
+
+    header: WeightsHeader
+    source: Graph  # the cfg variant the file was written for, its weights loaded
+    value: int | None  # the variant's parameter (e.g. the class count); None: the file fits the cfg itself
+    unmatched: list[Layer]  # layers of the target graph the file has no tensors for (their weights are None)
+
+
+def read_weights_inferred(
+    graph: Graph, path: str | Path, variant: Callable[[int], Graph], parameter: str = "classes"
+) -> SourceLayout:
+    """Read ``path`` into ``graph`` even when it was written for another variant of the cfg: every layer
+    whose tensors have the same shapes in both takes the file's (see :func:`take_matching`).
+
+    ``variant(n)`` is the cfg with its free ``parameter`` set to ``n`` (no weights needed). What darknet
+    users change is the class count of the heads (``variant``: :func:`cfgsurgeon.surgery.retarget.retarget`
+    of the bare cfg); a layout's float count is linear in it, so ``n`` is solved from the file's size and
+    checked. A file that neither the cfg nor any variant fits is an error naming its size and both layouts.
+    """
+    try:
+        header = read_weights(graph, path)
+        return SourceLayout(header, graph, None, [])
+    except WeightsError as strict:
+        refusal = strict
+    path = str(path)
+    data = _mapped(path)
+    header = WeightsHeader.from_bytes(data[:20], path)
+    try:
+        one, step = variant(1).params, variant(2).params - variant(1).params
+    except CfgSurgeonError:  # the cfg has no such parameter: the plain mismatch is the whole story
+        raise refusal from None
+    floats, odd = divmod(len(data) - header.size, 4)
+    value = 1 + (floats - one) // step if step > 0 and not odd and floats >= one else None
+    if value is None or variant(value).params != floats:
+        raise WeightsError(
+            f"{len(data)} bytes fit neither {graph.source} ({header.size}-byte header + {graph.params} "
+            f"floats) nor it with other {parameter} ({header.size}-byte header + {one} + {step}·({parameter} "
+            f"- 1) floats)",
+            path,
+        )
+    source = variant(value)
+    read_weights(source, path)
+    graph.weights_header = header
+    return SourceLayout(header, source, value, take_matching(graph, source))
+
+
+def take_matching(graph: Graph, source: Graph) -> list[Layer]:
+    """Give every layer of ``graph`` the tensors of ``source``'s layer at the same index when that is of the
+    same type with the same tensor shapes; return the layers that own tensors and got none (weights None)."""
+    unmatched = []
+    for index, layer in enumerate(graph.layers):
+        layout = layer.weight_layout()
+        if not layout:
+            continue
+        twin = source.layers[index] if index < len(source.layers) else None
+        if twin is None or twin.weights is None or twin.kind != layer.kind or twin.weight_layout() != layout:
+            layer.weights = None
+            unmatched.append(layer)
+        else:
+            layer.weights = dict(twin.weights)
+    return unmatched
 
 
 def write_weights(graph: Graph, path: str | Path, header: WeightsHeader | None = None) -> int:

@@ -55,7 +55,8 @@ from ..emit.torch import DarknetModel, store_darknet_weights
 from ..errors import UsageError
 from ..files import atomic_output
 from ..ir import Graph, load_cfg
-from ..weights import WeightsHeader, read_weights, write_weights
+from ..layers import Layer
+from ..weights import WeightsHeader, read_weights, read_weights_inferred, take_matching, write_weights
 from . import options as opt
 from .distill import Distiller
 from .loss import YoloLoss, yolo_heads
@@ -344,16 +345,75 @@ def _synchronise_batchnorm(model: nn.Module, device: torch.device) -> None:
 # -- models ------------------------------------------------------------------------------------------------
 
 
-def load_graph(cfg: Path | None, weights: Path | None, warn: Callable[[str], None] = print) -> Graph:
-    """A cfg with weights from ``.weights`` or a ``.pt`` checkpoint (which may carry its own cfg)."""
-    if weights is not None and weights.suffix == ".pt":
+def load_graph(
+    cfg: Path | None, weights: Path | None, warn: Callable[[str], None] = print, init_seed: int | None = None
+) -> Graph:
+    """A cfg with weights from ``.weights`` or a ``.pt`` checkpoint (which may carry its own cfg).
+
+    With ``init_seed`` (a model about to be trained) the weights may come from another variant of the cfg,
+    e.g. COCO weights for a cfg retargeted to 4 classes: every layer whose tensors match is loaded, the others
+    get the init of training from scratch with that seed, ``warn`` names them in one line, and the header's
+    ``seen`` restarts at 0 (darknet's burn-in runs again for the changed model)."""
+    partial = init_seed is not None and cfg is not None
+    if weights is not None and weights.suffix == ".pt" and not (partial and _embeds_cfg(weights)):
         return load_checkpoint(weights, cfg, warn)
     if cfg is None:
         raise UsageError("a cfg is needed (--cfg)")
     graph = load_cfg(cfg, warn)
-    if weights is not None:
+    if weights is None:
+        return graph
+    if init_seed is None:
         read_weights(graph, weights)
+        return graph
+    unmatched, written_for = _load_matching(graph, weights)
+    if unmatched:
+        if len(unmatched) == sum(bool(layer.weight_layout()) for layer in graph.layers):
+            raise UsageError(f"no layer of {graph.source} matches the tensors of {written_for}", weights)
+        _initialise_as_from_scratch(graph, unmatched, init_seed)
+        header = graph.weights_header or WeightsHeader()
+        graph.weights_header = WeightsHeader(header.major, header.minor, header.revision, seen=0)
+        listed = ", ".join(f"layer {layer.index} [{layer.header}] (line {layer.line})" for layer in unmatched)
+        warn(
+            f"warning: {weights} was written for {written_for}; {len(unmatched)} layers of {graph.source} "
+            f"initialised as when training from scratch (seed {init_seed}): {listed}"
+        )
     return graph
+
+
+def _load_matching(graph: Graph, weights: Path) -> tuple[list[Layer], str]:
+    """Load the tensors of ``weights`` that fit ``graph`` layer by layer: (layers left without, what the file
+    was written for). A ``.weights`` file's layout is inferred from its size (another class count of the
+    heads); our ``.pt`` carries its cfg."""
+    from ..surgery.retarget import retarget
+
+    if weights.suffix != ".pt":
+        bare = graph.clone()
+        found = read_weights_inferred(graph, weights, lambda classes: retarget(bare, classes))
+        return found.unmatched, f"{found.value} classes" if found.value is not None else str(graph.source)
+    source = load_checkpoint(weights, None, lambda message: None)  # its cfg's warnings are old news
+    graph.weights_header = source.weights_header
+    return take_matching(graph, source), f"its embedded cfg ({source.source})"
+
+
+def _embeds_cfg(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is ours, with its cfg; any other (or unreadable) file is left to
+    :func:`load_checkpoint`, which reads it against the cfg or says what is wrong with it."""
+    try:
+        return isinstance(checkpoint_entry(checkpoint, "cfg"), str)
+    except UsageError:
+        return False
+
+
+def _initialise_as_from_scratch(graph: Graph, layers: list[Layer], seed: int) -> None:
+    """Give ``layers`` (of ``graph``) the tensors a model trained from scratch starts from: torch's default
+    init after ``manual_seed(seed)``, over the whole model, as :class:`_Run` builds it."""
+    bare = graph.clone()
+    for layer in bare.layers:
+        layer.weights = None
+    torch.manual_seed(seed)
+    store_darknet_weights(DarknetModel(bare), bare)
+    for layer in layers:
+        layer.weights = bare.layers[layer.index].weights
 
 
 def _device(name: str) -> torch.device:
@@ -440,7 +500,9 @@ class _Run:
         self.state = _State()
         resume = config.resume
         source = resume if resume is not None else config.weights
-        self.graph = load_graph(None if resume else config.cfg, source, warn=self.log)
+        self.graph = load_graph(
+            None if resume else config.cfg, source, warn=self.log, init_seed=None if resume else config.seed
+        )
         torch.manual_seed(config.seed)  # a model trained from scratch starts from the same weights everywhere
         self.model = DarknetModel(self.graph).to(device)
         for module in self.model.modules():

@@ -791,7 +791,7 @@ def test_the_ratio_bound_is_the_largest_safe_ratio(method):
 @pytest.mark.parametrize("percent", [0.2, 0.45])
 def test_achieved_ratio_is_what_was_removed(method, percent):
     graph = guarded()
-    result = prune(graph, method, percent=percent, round_to=4)
+    result = prune(graph, method, percent=percent, round_to=4 if method == "regular" else 1)
     groups = candidate_groups(result.analysis, method)
     candidates = sum(sum(unit_weight(g)) for g in groups)
     removed = sum(
@@ -968,7 +968,7 @@ def independent_channel_scores(layer: L.Convolutional, criterion: str) -> np.nda
 def test_unit_score_is_the_best_member_score(criterion):
     graph = guarded()
     analysis = analyse(graph)
-    scores = unit_scores(analysis, criterion)
+    scores = unit_scores(analysis, criterion, normalize="none")  # raw scores (normalised: test_plan.py)
     for group in analysis.groups:
         for unit in group.units:
             expected = max(

@@ -1,6 +1,22 @@
 """Importance criteria: a score per output channel of every prunable convolution, and per unit (the scores of
 a unit's coupled channels aggregated — the maximum, so a unit survives if any member is worth keeping: the
-'union of masks' that shortcut fusion asks for)."""
+'union of masks' that shortcut fusion asks for).
+
+Normalisation (``normalize``), so that one global ratio means the same for every criterion. The filter norms
+(l1, l2, bn-gamma-l1) grow with a layer's fan-in (channels × k²) and with its weight scale, so their raw
+values differ by orders of magnitude between layers: a global threshold empties the cheapest-scoring layer
+long before it reaches the others, and the safe ratio bound is about 0.05. ``"mean"`` divides each conv's
+channel scores by their mean over that conv: a score then says how much a channel is worth *relative to its
+layer's average channel*, which is scale-free, keeps the spread within the layer (unlike ``"max"``, where
+one outlier squeezes every other channel of its layer towards 0), and does not depend on the layer's width
+(unlike dividing by the L2 norm of the scores, which grows as √width). A global percent then removes the
+channels that are weakest relative to their own layer, everywhere. ``"max"`` (best channel = 1) is offered
+for comparison.
+
+BN γ stay raw by default: after sparse training (slim) the same L1 penalty has pushed every layer's γ on one
+scale, and a global γ threshold is what darknet pruning users mean by slim; normalising would undo that.
+``"auto"`` is therefore ``"none"`` for bn-gamma and random, ``"mean"`` for the filter norms.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import layers as L
+from ..errors import UsageError
 from .groups import ChannelAnalysis
 
 ChannelScore = Callable[[L.Convolutional, np.random.Generator], np.ndarray]
@@ -45,14 +62,37 @@ CRITERIA: dict[str, ChannelScore] = {
 }
 
 
-def unit_scores(analysis: ChannelAnalysis, criterion: str = "bn-gamma", seed: int = 0) -> np.ndarray:
-    """Score of every unit (``-inf`` for units that cannot be pruned)."""
+NORMALIZERS = ("auto", "none", "mean", "max")
+_RAW_BY_DEFAULT = ("bn-gamma", "random")
+
+
+def normalizer(criterion: str, normalize: str = "auto") -> str:
+    """The normalisation ``normalize`` stands for with ``criterion`` (``"auto"`` resolved)."""
+    if normalize not in NORMALIZERS:
+        raise UsageError(f"unknown normalize '{normalize}' (one of: {', '.join(NORMALIZERS)})")
+    if normalize == "auto":
+        return "none" if criterion in _RAW_BY_DEFAULT else "mean"
+    return normalize
+
+
+def _per_layer(scores: np.ndarray, normalize: str) -> np.ndarray:
+    if normalize == "none" or not len(scores):
+        return scores
+    scale = scores.mean() if normalize == "mean" else scores.max()
+    return scores / scale if scale > 0 else scores  # an all-zero layer stays all zero
+
+
+def unit_scores(
+    analysis: ChannelAnalysis, criterion: str = "bn-gamma", seed: int = 0, normalize: str = "auto"
+) -> np.ndarray:
+    """Score of every unit (``-inf`` for units that cannot be pruned); ``normalize``: see the module."""
     score_channels = CRITERIA[criterion]
+    how = normalizer(criterion, normalize)
     rng = np.random.default_rng(seed)
     scores = np.full(len(analysis.unit_prunable), -np.inf)
     for producer in dict.fromkeys(p for group in analysis.groups for p in group.producers):  # each conv once
         layer = analysis.graph.layers[producer]
         units = analysis.output_units[producer]
-        np.maximum.at(scores, units, score_channels(layer, rng))
+        np.maximum.at(scores, units, _per_layer(score_channels(layer, rng), how))
     scores[~analysis.unit_prunable] = -np.inf
     return scores

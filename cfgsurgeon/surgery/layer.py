@@ -81,7 +81,7 @@ def prune_layers(
     indices (in the original numbering)."""
     units = residual_units(graph)
     rng = np.random.default_rng(seed)
-    removable = _removable_per_stage(units)
+    removable = removable_units(graph, units)
     if count > removable:
         raise UsageError(
             f"--shortcuts {count}: this model has {len(units)} residual units in "
@@ -101,6 +101,8 @@ def prune_layers(
     return graph.clone(kept), sorted(unit.shortcut.index for unit in removed)
 
 
-def _removable_per_stage(units: list[ResidualUnit]) -> int:
+def removable_units(graph: Graph, units: list[ResidualUnit] | None = None) -> int:
+    """How many residual units can go (every stage keeps one); ``units``: :func:`residual_units`, if known."""
+    units = residual_units(graph) if units is None else units
     stages = {u.stage for u in units}
     return len(units) - len(stages)

@@ -14,8 +14,8 @@ from ..ir import Graph
 from .channel import border_affected, masked_copy, prune_channels, pruned_constants
 from .criteria import CRITERIA, unit_scores
 from .groups import ChannelAnalysis, analyse
-from .layer import prune_layers
-from .select import STRATEGIES, Selection, select
+from .layer import prune_layers, removable_units
+from .select import STRATEGIES, RoundTo, Selection, select
 
 METHODS = (*STRATEGIES, "layer", "layer-channel")
 
@@ -34,6 +34,9 @@ class PruneResult:
     )  # consumers where compensation is inexact at borders
     analysis: ChannelAnalysis | None = None
     keep_unit: np.ndarray | None = None
+    rates: dict[str, float] | None = None  # per-unit plan (method "plan"): unit key → rate
+    target: dict[str, Any] | None = None  # what prune_to_target aimed at and reached
+    warnings: list[str] = field(default_factory=list)  # what was done differently from what was asked
 
     def masked(self) -> Graph:
         """The keep-size original with the removed channels switched off (γ = 0), for verification."""
@@ -42,51 +45,117 @@ class PruneResult:
         return masked_copy(self.analysis, self.keep_unit)
 
 
+@dataclass
+class Chosen:
+    """A selection before any tensor is cut: what :func:`prune` removes, for previews and target searches."""
+
+    result: PruneResult  # ``pruned`` is still the graph the channels are chosen in (after layer pruning)
+    analysis: ChannelAnalysis
+    scores: np.ndarray
+    selection: Selection
+    strategy: str  # the channel strategy (slim for layer-channel)
+    layer_keep: float
+    round_to: RoundTo
+
+    def at(self, percent: float, force: bool = True) -> Selection:
+        """The selection of the same request at another global ratio."""
+        return select(
+            self.analysis, self.scores, self.strategy, percent, None, self.layer_keep, self.round_to, force
+        )
+
+
 def prune(
     graph: Graph,
     method: str,
     percent: float | None = None,
     threshold: float | None = None,
     layer_keep: float = 0.01,
-    round_to: int = 8,
+    round_to: RoundTo | None = None,
     shortcuts: int = 0,
     criterion: str = "bn-gamma",
     seed: int = 0,
     force: bool = False,
+    normalize: str = "auto",
 ) -> PruneResult:
+    """Prune by one of ``METHODS``. ``round_to``: the width policy (see select.py), 8 for ``regular`` and 1
+    (none) for the others unless given; ``normalize``: per-layer score normalisation (see criteria.py)."""
+    if method == "layer":
+        return _layer_part(graph, method, shortcuts, criterion, seed)
+    chosen = choose(
+        graph, method, percent, threshold, layer_keep, round_to, shortcuts, criterion, seed, force, normalize
+    )
+    return apply_keep(chosen.result, chosen.analysis, chosen.selection.keep_unit)
+
+
+def choose(
+    graph: Graph,
+    method: str,
+    percent: float | None = None,
+    threshold: float | None = None,
+    layer_keep: float = 0.01,
+    round_to: RoundTo | None = None,
+    shortcuts: int = 0,
+    criterion: str = "bn-gamma",
+    seed: int = 0,
+    force: bool = False,
+    normalize: str = "auto",
+) -> Chosen:
+    """Everything :func:`prune` decides for a channel method (residual units removed first for
+    ``layer-channel``), without cutting tensors."""
+    if method == "layer":
+        raise UsageError("--method layer removes residual units only: it has no channel selection")
+    result = _layer_part(graph, method, shortcuts, criterion, seed)
+    channel_method = "slim" if method == "layer-channel" else method
+    if round_to is None:
+        round_to = 8 if method == "regular" else 1
+    analysis = analyse(result.pruned)
+    scores = unit_scores(analysis, criterion, seed, normalize)
+    selection = select(analysis, scores, channel_method, percent, threshold, layer_keep, round_to, force)
+    result.selection = selection
+    return Chosen(result, analysis, scores, selection, channel_method, layer_keep, round_to)
+
+
+def _layer_part(graph: Graph, method: str, shortcuts: int, criterion: str, seed: int) -> PruneResult:
+    """Check the request; remove residual units for ``layer`` and ``layer-channel`` (the latter does its
+    channel part alone, and says so, when the model has none to remove)."""
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}' (one of: {', '.join(METHODS)})")
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion '{criterion}' (one of: {', '.join(CRITERIA)})")
-    _require_weights(graph)
+    require_weights(graph)
     result = PruneResult(graph, graph, method, criterion)
-    if method in ("layer", "layer-channel"):
-        if shortcuts <= 0:
-            raise UsageError(f"--method {method} needs --shortcuts K (how many residual units to remove)")
-        result.pruned, result.removed_shortcuts = prune_layers(graph, shortcuts, criterion, seed)
-    if method == "layer":
+    if method not in ("layer", "layer-channel"):
         return result
-    channel_method = "slim" if method == "layer-channel" else method
-    analysis = analyse(result.pruned)
-    scores = unit_scores(analysis, criterion, seed)
-    selection = select(analysis, scores, channel_method, percent, threshold, layer_keep, round_to, force)
-    result.selection = selection
-    result.analysis, result.keep_unit = analysis, selection.keep_unit
-    original_index = {(layer.line, layer.kind): layer.index for layer in graph.layers}  # across layer pruning
+    if shortcuts <= 0:
+        raise UsageError(f"--method {method} needs --shortcuts K (how many residual units to remove)")
+    if method == "layer-channel" and removable_units(graph) == 0:
+        result.warnings.append(
+            "no residual unit can be removed (every stage keeps one): only the channel part (slim) was done"
+        )
+        return result
+    result.pruned, result.removed_shortcuts = prune_layers(graph, shortcuts, criterion, seed)
+    return result
+
+
+def apply_keep(result: PruneResult, analysis: ChannelAnalysis, keep_unit: np.ndarray) -> PruneResult:
+    """Cut the units where ``keep_unit`` is False from ``analysis.graph``, fold their constants into their
+    consumers, and record the kept channels against ``result.original``'s numbering."""
+    result.analysis, result.keep_unit = analysis, keep_unit
+    original_index = {(layer.line, layer.kind): layer.index for layer in result.original.layers}
     result.kept_channels = {
         original_index[(layer.line, layer.kind)]: np.flatnonzero(
-            selection.keep_unit[analysis.output_units[layer.index]]
+            keep_unit[analysis.output_units[layer.index]]
         ).tolist()
         for layer in analysis.graph.layers
         if isinstance(layer, L.Convolutional)
     }
-    constants = pruned_constants(analysis, selection.keep_unit | ~analysis.unit_prunable)  # needed twice
-    result.border_layers = border_affected(analysis, selection.keep_unit, constants)
-    result.pruned = prune_channels(analysis, selection.keep_unit, constants)
+    constants = pruned_constants(analysis, keep_unit | ~analysis.unit_prunable)  # needed twice
+    result.border_layers = border_affected(analysis, keep_unit, constants)
+    result.pruned = prune_channels(analysis, keep_unit, constants)
     return result
 
 
-def _require_weights(graph: Graph) -> None:
+def require_weights(graph: Graph) -> None:
     missing = [layer for layer in graph.layers if layer.weight_layout() and layer.weights is None]
     if missing:
         raise UsageError(f"pruning needs weights: layer {missing[0].index} [{missing[0].header}] has none")
@@ -128,6 +197,9 @@ def report(result: PruneResult, compensation_error: float | None = None) -> dict
         "achieved_ratio": sel.achieved_ratio if sel else None,
         "candidate_channels": sel.candidate_channels if sel else None,
         "removed_shortcuts": result.removed_shortcuts,
+        "rates": result.rates,
+        "target": result.target,
+        "warnings": result.warnings,
         "totals": {
             "params_before": before.params,
             "params_after": after.params,
@@ -171,6 +243,11 @@ def report_markdown(data: dict[str, Any], source: str) -> str:
         ]
     if data["removed_shortcuts"]:
         lines.append(f"- removed residual units (shortcut layers): {data['removed_shortcuts']}")
+    if data.get("rates"):
+        lines.append(
+            f"- per-unit plan: {len(data['rates'])} units with their own rate (`rates` in report.json)"
+        )
+    lines += [f"- warning: {warning}" for warning in data.get("warnings", [])]
     p0, p1 = totals["params_before"], totals["params_after"]
     f0, f1 = totals["bflops_before"], totals["bflops_after"]
     lines += [

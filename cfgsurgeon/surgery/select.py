@@ -4,8 +4,11 @@
 * ``shortcut`` – the same over every prunable unit (shortcut-coupled groups pruned as one);
 * ``slim``     – global threshold, every layer keeps at least ``layer_keep`` of its channels, shortcut fusion
   (a unit lives if any coupled member scores above the threshold);
-* ``regular``  – kept counts rounded up to a multiple of ``round_to`` per group, then every convolution's
-  width made a multiple of ``round_to`` (or its full width) as a whole (:func:`_round_layers`).
+* ``regular``  – ``shortcut`` with widths rounded (``round_to`` 8 unless given).
+
+Every strategy takes a width policy, ``round_to``: an integer N (widths multiples of N) or ``"pow2"`` (powers
+of two); a width may always stay full. Kept counts are rounded up per group, then every convolution's width
+made acceptable as a whole (:func:`round_widths`).
 
 The threshold is set by ``percent`` (share of candidate channels to remove) or given directly; a threshold
 above the highest one that empties no layer is refused unless forced.
@@ -34,8 +37,10 @@ from ..errors import UsageError
 from .groups import ChannelAnalysis, Group
 
 STRATEGIES = ("normal", "shortcut", "slim", "regular")
+POW2 = "pow2"
 
 Accept = Callable[[np.ndarray], np.ndarray]  # candidate widths of a layer → which of them are acceptable
+RoundTo = int | str  # widths a multiple of this, or POW2: powers of two (a full width is always allowed)
 
 
 @dataclass
@@ -56,11 +61,12 @@ def select(
     percent: float | None = None,
     threshold: float | None = None,
     layer_keep: float = 0.01,
-    round_to: int = 8,
+    round_to: RoundTo = 1,
     force: bool = False,
 ) -> Selection:
     if method not in STRATEGIES:
         raise UsageError(f"unknown method '{method}' (one of: {', '.join(STRATEGIES)})")
+    check_round_to(round_to)
     if (percent is None) == (threshold is None):
         raise UsageError("give exactly one of --percent and --threshold")
     groups = [g for g in analysis.groups if method != "normal" or not g.shortcut_coupled]
@@ -93,12 +99,10 @@ def select(
     if method == "slim":
         spaces = [analysis.output_units[p] for p in producers]
         floors = np.ceil(layer_keep * np.array([len(space) for space in spaces])).astype(np.int64)
-        for k in np.flatnonzero(_widths(keep, spaces) < floors):
+        for k in np.flatnonzero(channel_widths(keep, spaces) < floors):
             _grow(keep, spaces[k], scores, _at_least(int(floors[k])))
-    _keep_every_layer(keep, scores, analysis)
-    if method == "regular":
-        _round_groups(keep, scores, groups, round_to)
-        _round_layers(keep, scores, analysis, groups, round_to)
+    keep_every_layer(keep, scores, analysis)
+    round_widths(keep, scores, analysis, groups, round_to)
     removed = weight[~keep[units]].sum()
     return Selection(
         keep,
@@ -140,8 +144,23 @@ def _at_least(count: int) -> Accept:
     return lambda widths: widths >= count
 
 
-def _multiple_or_full(round_to: int, full: int) -> Accept:
+def check_round_to(round_to: RoundTo) -> None:
+    if round_to != POW2 and not (isinstance(round_to, int) and round_to >= 1):
+        raise UsageError(f"round_to must be a positive integer or '{POW2}', found {round_to!r}")
+
+
+def _acceptable_widths(round_to: RoundTo, full: int) -> Accept:
+    if round_to == POW2:
+        return lambda widths: (((widths & (widths - 1)) == 0) | (widths == full)) & (widths > 0)
     return lambda widths: ((widths % round_to == 0) | (widths == full)) & (widths > 0)
+
+
+def _rounded_up(count: int, size: int, round_to: RoundTo) -> int:
+    """The smallest acceptable count not below ``count`` (at most ``size``)."""
+    if count == 0:
+        return 0
+    rounded = 1 << (count - 1).bit_length() if round_to == POW2 else math.ceil(count / round_to) * round_to
+    return min(size, rounded)
 
 
 def _grow(keep: np.ndarray, channel_units: np.ndarray, scores: np.ndarray, accept: Accept) -> bool:
@@ -164,15 +183,15 @@ def _best_first(units: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((units, -scores[units]))
 
 
-def _keep_every_layer(keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis) -> bool:
+def keep_every_layer(keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis) -> bool:
     """Every layer keeps a channel (see the module's docstring). Returns whether anything was added."""
-    empty = np.flatnonzero(_widths(keep, analysis.output_units) == 0)
+    empty = np.flatnonzero(channel_widths(keep, analysis.output_units) == 0)
     for k in empty:  # _grow looks again: keeping a unit for one layer may fill another
         _grow(keep, analysis.output_units[k], scores, _at_least(1))
     return len(empty) > 0
 
 
-def _widths(keep: np.ndarray, spaces: list[np.ndarray]) -> np.ndarray:
+def channel_widths(keep: np.ndarray, spaces: list[np.ndarray]) -> np.ndarray:
     """Kept channels of each channel space (a layer's output units), all at once."""
     lengths = [len(space) for space in spaces]
     owner = np.repeat(np.arange(len(spaces)), lengths)
@@ -180,27 +199,37 @@ def _widths(keep: np.ndarray, spaces: list[np.ndarray]) -> np.ndarray:
     return np.bincount(owner, weights=keep[flat], minlength=len(spaces)).astype(np.int64)
 
 
-def _round_groups(keep: np.ndarray, scores: np.ndarray, groups: list[Group], round_to: int) -> None:
-    """Each group's kept count rounded up to a multiple of ``round_to`` (or its size): then a conv wholly in
-    one group, and whatever reads a slice of it (grouped routes), is a multiple already."""
+def round_widths(
+    keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis, groups: list[Group], round_to: RoundTo
+) -> None:
+    """Apply the width policy to ``keep`` (in place) by keeping more units, best first: group counts, then
+    every producer's width as a whole. ``round_to`` 1 changes nothing."""
+    if round_to != 1:
+        _round_groups(keep, scores, groups, round_to)
+        _round_layers(keep, scores, analysis, groups, round_to)
+
+
+def _round_groups(keep: np.ndarray, scores: np.ndarray, groups: list[Group], round_to: RoundTo) -> None:
+    """Each group's kept count rounded up to an acceptable count (or its size): then a conv wholly in one
+    group, and whatever reads a slice of it (grouped routes), is acceptable already."""
     for group in groups:
         member = group.unit_ids
         kept = int(keep[member].sum())
-        target = min(len(member), math.ceil(kept / round_to) * round_to)
+        target = _rounded_up(kept, len(member), round_to)
         if target > kept:
             removed = member[~keep[member]]
             keep[removed[_best_first(removed, scores)[: target - kept]]] = True
 
 
 def _round_layers(
-    keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis, groups: list[Group], round_to: int
+    keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis, groups: list[Group], round_to: RoundTo
 ) -> None:
-    """Every producer's width a multiple of ``round_to`` or full, the conv rounded as a whole: a conv split
-    between groups is the sum of rounded counts (8 + 4 = 12). Its own channels (a group no other conv
-    produces) are set first, to the nearest count that makes the width acceptable, up if possible, else
-    down (8 + 0); failing that, more of its units are kept, which may change a conv sharing one of its
-    groups, so repeat until nothing changes. Own channels are settled once per conv and everything else
-    only ever adds units, so this ends, at worst at full widths."""
+    """Every producer's width acceptable (e.g. a multiple of ``round_to``) or full, the conv rounded as a
+    whole: a conv split between groups is the sum of rounded counts (8 + 4 = 12). Its own channels (a group
+    no other conv produces) are set first, to the nearest count that makes the width acceptable, up if
+    possible, else down (8 + 0); failing that, more of its units are kept, which may change a conv sharing
+    one of its groups, so repeat until nothing changes. Own channels are settled once per conv and everything
+    else only ever adds units, so this ends, at worst at full widths."""
     own = np.zeros(len(scores), dtype=bool)
     for group in groups:
         own[group.unit_ids] = len(group.producers) == 1
@@ -211,9 +240,9 @@ def _round_layers(
     changed = True
     while changed:
         changed = False
-        widths = _widths(keep, spaces)
-        for k in np.flatnonzero((widths % round_to != 0) & (widths != full)):
-            units, accept = spaces[k], _multiple_or_full(round_to, int(full[k]))
+        widths = channel_widths(keep, spaces)
+        for k in np.flatnonzero(~_acceptable_widths(round_to, full)(widths)):
+            units, accept = spaces[k], _acceptable_widths(round_to, int(full[k]))
             if accept(np.array([keep[units].sum()]))[0]:  # settled by an earlier conv of this pass
                 continue
             if k not in settled:
@@ -222,7 +251,7 @@ def _round_layers(
                     changed = True
                     continue
             changed |= _grow(keep, units, scores, accept)
-        changed |= _keep_every_layer(keep, scores, analysis)
+        changed |= keep_every_layer(keep, scores, analysis)
 
 
 def _settle_own(

@@ -242,3 +242,16 @@ def test_fine_tuning_keeps_its_run_beside_the_pruned_model(model, tmp_path):
     pruned, tuned = (folder / f"{cfg.stem}.weights").read_bytes(), Path(row["weights"]).read_bytes()
     assert len(pruned) == len(tuned) and pruned[HEADER_BYTES:] != tuned[HEADER_BYTES:]
     assert "1 epochs per ratio" in (out / "sweep.md").read_text()
+
+
+def test_a_kept_file_never_replaces_an_input(model, tmp_path):
+    cfg, weights, data = model
+    out = tmp_path / "sweep"
+    inside = out / "ratio-0.20"
+    inside.mkdir(parents=True)
+    (inside / cfg.name).write_text(cfg.read_text())
+    (inside / weights.name).write_bytes(weights.read_bytes())
+    before = (inside / weights.name).read_bytes()
+    with pytest.raises(UsageError, match="refusing to overwrite"):
+        sweep(inside / cfg.name, inside / weights.name, data, out, quick())
+    assert (inside / weights.name).read_bytes() == before

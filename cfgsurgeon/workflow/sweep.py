@@ -39,7 +39,7 @@ from ..convert import load_checkpoint
 from ..detect import _common_classes, head_layers
 from ..emit.cfg import write_cfg
 from ..errors import UsageError
-from ..files import atomic_output
+from ..files import atomic_output, refuse_overwrite
 from ..ir import Graph, load_cfg
 from ..runtimes import BACKENDS
 from ..surgery.prune import choose, prune
@@ -177,6 +177,7 @@ def sweep(
     if settings.backend is not None and settings.backend not in BACKENDS:
         raise UsageError(f"`backend` {settings.backend} is unknown (one of: {', '.join(sorted(BACKENDS))})")
     cfg, weights, data, output = Path(cfg), Path(weights), Path(data), Path(output)
+    refuse_overwrite(_outputs(output, cfg, settings.ratios), [cfg, weights, data])
     graph = load_cfg(cfg, warn=say)
     read_weights(graph, weights)
     context = _Context(graph, cfg, data, output, settings, say, verbose)
@@ -199,6 +200,13 @@ def sweep(
             eta = (time.monotonic() - started) / done * (len(pending) - done)
             say(f"ratio {ratio:g}: {_describe(row)} ({done}/{len(pending)}, ETA {format_duration(eta)})")
     return _finish(output, state, settings)
+
+
+def _outputs(output: Path, cfg: Path, ratios: Sequence[float]) -> list[Path]:
+    """Every file a sweep writes directly (the fine-tuning runs write theirs inside ``finetune/``)."""
+    folders = [output / folder_name(ratio) for ratio in ratios]
+    kept = [folder / name for folder in folders for name in (cfg.name, f"{cfg.stem}.weights")]
+    return [*(output / name for name in (STATE_NAME, "sweep.md", "sweep.png")), *kept]
 
 
 @dataclass
@@ -477,14 +485,18 @@ def plot_sweep(state: dict[str, Any], path: Path) -> Path:
     baseline, chosen = state["baseline"], state.get("chosen")
     scored = [baseline, *(row for row in state["rows"] if "refused" not in row)]
     ratios = [row["ratio"] for row in scored]
-    figure, left = plt.subplots(figsize=(7, 4), dpi=100)
+    figure, left = plt.subplots(figsize=(7, 4.6), dpi=100)
     for key, label, style in (("map50", "mAP@0.5", "-o"), ("map50_95", "mAP@0.5:0.95", "--s")):
         values = [math.nan if row[key] is None else row[key] for row in scored]
         left.plot(ratios, values, style, color="#1d4f8c", label=label)
     if baseline["map50"] is not None:
         floor = (1 - state["max_drop"]) * baseline["map50"]
         left.axhline(
-            floor, color="#1d4f8c", linestyle=":", linewidth=1, label=f"-{state['max_drop']:.0%} mAP@0.5"
+            floor,
+            color="#1d4f8c",
+            linestyle=":",
+            linewidth=1,
+            label=f"baseline mAP@0.5 − {state['max_drop']:.0%}",
         )
     refused = [row["ratio"] for row in state["rows"] if "refused" in row]
     if refused:
@@ -496,11 +508,11 @@ def plot_sweep(state: dict[str, Any], path: Path) -> Path:
     right.plot(ratios, [row["bflops"] for row in scored], "-^", color="#c77c02", label="BFLOPs")
     right.set(ylabel="BFLOPs", ylim=(0, 1.05 * baseline["bflops"]))
     handles = [*left.get_legend_handles_labels()[0], *right.get_legend_handles_labels()[0]]
-    left.legend(handles=handles, loc="lower left", fontsize=8)
+    figure.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     settings = state["settings"]
     tuning = f", fine-tuned {settings['finetune_epochs']} epochs" if settings["finetune_epochs"] else ""
     left.set_title(f"{settings['method']} ({settings['criterion']}){tuning}: {Path(state['cfg']).name}")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.12, 1, 1))  # the legend below the axes: it never hides a curve
     with atomic_output(path, "wb") as out:
         figure.savefig(out, format="png", metadata={"Software": None})
     plt.close(figure)

@@ -175,6 +175,7 @@ BACKENDS: dict[str, Callable[[Graph, Path | None, int | None], Runner]] = {
     "keras": _keras,
     "tflite": _tflite,
 }
+BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tflite")  # the runtimes whose latency `bench` measures
 
 
 def make_runner(

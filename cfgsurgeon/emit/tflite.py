@@ -27,8 +27,7 @@ from ..files import atomic_output
 from ..images import load_image, network_input
 from ..ir import Graph
 from .keras import INPUT_NAME, output_names, to_keras
-
-QUANTIZE = ("none", "fp16", "dynamic", "int8")
+from .quantization import QUANTIZE
 
 
 def calibration_paths(list_file: str | Path, count: int) -> list[Path]:

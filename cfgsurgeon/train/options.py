@@ -8,6 +8,14 @@ import re
 from ..errors import CfgError
 from ..layers import Node
 
+# The choices of the training options, framework-free so the command line can list them without torch.
+OPTIMIZERS = ("sgd", "adam")
+LR_POLICIES = ("constant", "steps", "step", "poly", "cosine")
+SPARSITY_SCHEDULES = ("constant", "global-decay", "local-decay", "layer-decay")
+SPARSITY_SCOPES = ("normal", "shortcut", "slim", "all")  # the prune methods' channel sets, or every BN layer
+DISTILL_MODES = ("soft", "detection")
+SPLITS = ("valid", "train")  # the image lists of a .data file that can be scored
+
 _NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 

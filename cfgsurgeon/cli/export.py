@@ -1,0 +1,173 @@
+"""Other frameworks: export a model to them, and bench its latency in their runtimes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..emit.formats import EXPORT_FORMATS
+from ..emit.quantization import QUANTIZE
+from ..errors import UsageError
+from ..files import refuse_overwrite
+from ..runtimes import BENCH_BACKENDS
+from . import main
+from .common import CFG, JSON_TABLE, WEIGHTS, load, warn
+
+
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(sorted(EXPORT_FORMATS)),
+    help="torch-source: one standalone .py (torch + numpy) defining the network as code, with a .weights "
+    "loader; onnx: ONNX (opset 17) with the raw head tensors as outputs; openvino: OpenVINO IR .xml/.bin "
+    "converted from that ONNX graph; tf1: one standalone .py of TF1-style graph code (tensorflow + numpy) "
+    "whose `python OUT.py MODEL.weights MODEL.pb` writes the frozen graph; keras: a tf_keras functional "
+    "model (.keras, or a SavedModel directory for an output without suffix) from standard layers where "
+    "possible, for TF Model Optimization; tflite: TensorFlow Lite "
+    "from that model (see --quantize).",
+)
+@CFG
+@WEIGHTS
+@click.option("--fp16", is_flag=True, help="openvino: store weights as FP16 (default FP32, exact).")
+@click.option("--dynamic-batch", is_flag=True, help="onnx/openvino: a symbolic batch dimension.")
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZE),
+    default="none",
+    show_default=True,
+    help="tflite: fp16 weights, dynamic-range int8 weights, or full-integer int8 (weights, activations, "
+    "input and outputs; needs --calibration).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="tflite int8: a list of real images (one path a line, as darknet's train.txt), prepared like "
+    "`detect` prepares a photo, to calibrate the activation ranges.",
+)
+@click.option(
+    "--num-calibration-images",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1),
+    help="tflite int8: use the first N images of --calibration.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The file to write (keras: or a SavedModel directory, for a path without suffix).",
+)
+def export(
+    fmt: str,
+    cfg: Path,
+    weights: Path | None,
+    fp16: bool,
+    dynamic_batch: bool,
+    quantize: str,
+    calibration: Path | None,
+    num_calibration_images: int,
+    output: Path,
+) -> None:
+    """Export the network described by a cfg (and its weights) to another framework's form.
+
+    The exported models output the raw detection-head tensors; `detect --backend
+    onnxruntime|openvino|tf1|keras|tflite --model FILE` decodes them into boxes exactly as for the torch
+    backend (for tf1, FILE is the frozen .pb that the generated .py writes).
+    """
+    from ..emit.formats import ExportOptions, check_export
+    from ..emit.formats import export as export_model
+
+    check_export(fmt, output, with_weights=weights is not None)
+    refuse_overwrite([output], [cfg, weights, calibration])
+    options = ExportOptions(fp16, dynamic_batch, quantize, calibration, num_calibration_images)
+    note = export_model(load(cfg, weights), fmt, output, options)
+    click.echo(f"wrote {output} ({fmt}); {note}")
+
+
+@main.command()
+@click.option(
+    "--cfg",
+    "cfgs",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet model description (.cfg); repeat to compare models (ratios are relative to the first).",
+)
+@click.option(
+    "--weights",
+    "weights",
+    multiple=True,
+    help="Weights for each --cfg in the same order (give none, or one per --cfg; 'random' for a cfg "
+    "without). Without weights a model gets seeded well-conditioned random weights (as `init` writes).",
+)
+@click.option(
+    "--backend",
+    default="torch",
+    show_default=True,
+    type=click.Choice(BENCH_BACKENDS),
+    help="Runtime to measure (the runner `detect` uses; onnxruntime/openvino export in memory, f32).",
+)
+@click.option("--size", default=416, show_default=True, type=click.IntRange(1), help="Square input size.")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(1), help="Timed forward passes.")
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(0), help="Untimed passes first.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Threads for the runtime (default: every CPU this process may use); the table states it.",
+)
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1), help="Images per pass.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights and input.")
+@click.option(
+    "--interleave",
+    is_flag=True,
+    help="Alternate the models run by run (all held in memory): fairer ratios on a busy machine.",
+)
+@JSON_TABLE
+def bench(
+    cfgs: tuple[Path, ...],
+    weights: tuple[str, ...],
+    backend: str,
+    size: int,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    batch: int,
+    seed: int,
+    interleave: bool,
+    as_json: bool,
+) -> None:
+    """Latency (median, p90), throughput, BFLOPs and params of one or more models, side by side.
+
+    Each model runs --warmup untimed then --runs timed forward passes of one random batch through the
+    runtime's runner (raw head outputs, no pre- or post-processing). Progress and notes go to stderr.
+    """
+    from ..bench import ModelSpec, table_lines
+    from ..bench import bench as run_bench
+
+    if weights and len(weights) != len(cfgs):
+        raise UsageError(
+            f"{len(weights)} --weights for {len(cfgs)} --cfg: give one per --cfg in order ('random' for a "
+            "cfg without weights), or none"
+        )
+    paths = [None if w in ("", "random") else Path(w) for w in weights] or [None] * len(cfgs)
+    specs = [ModelSpec(cfg, path) for cfg, path in zip(cfgs, paths, strict=True)]
+    report = run_bench(
+        specs,
+        backend,
+        size=size,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        batch=batch,
+        seed=seed,
+        interleave=interleave,
+        warn=warn,
+        note=lambda message: click.echo(message, err=True),
+    )
+    click.echo(json.dumps(report) if as_json else "\n".join(table_lines(report)))

@@ -17,7 +17,7 @@ import numpy as np
 from .. import layers as L
 from ..ir import Graph
 from .groups import ChannelAnalysis
-from .select import channel_widths
+from .select import Spaces
 
 
 class _Shape:
@@ -33,28 +33,52 @@ class WidthCost:
 
     def __init__(self, analysis: ChannelAnalysis):
         self.analysis = analysis
-        self._inputs = [len(units) for units in analysis.input_units]
-        self._spaces = list(analysis.output_units) + [u for units in analysis.input_units for u in units]
         self._layers = analysis.graph.layers
+        inputs = [len(units) for units in analysis.input_units]
+        self._spaces = Spaces(
+            list(analysis.output_units) + [u for units in analysis.input_units for u in units]
+        )
+        self._input_start = np.concatenate([[0], np.cumsum(inputs)]) + len(self._layers)
+        # which layer each space belongs to: its output spaces, then its inputs
+        self._space_layer = np.concatenate(
+            [np.arange(len(self._layers)), np.repeat(np.arange(len(inputs)), inputs)]
+        )
+        self._full_widths = self._spaces.widths(np.ones(len(analysis.unit_prunable), dtype=bool))
         self._cache: dict[tuple[int, int, tuple[int, ...]], tuple[int, float]] = {}
+        self._full = [(layer.params, layer.bflops()) for layer in self._layers]
+        self._full_total = (sum(p for p, _ in self._full), sum(f for _, f in self._full))
 
     def __call__(self, keep_unit: np.ndarray) -> tuple[int, float]:
+        """Exactly what the pruned graph's ``params`` and ``bflops`` give (the same sum, in layer order)."""
         costs = self.per_layer(keep_unit)
         return sum(p for p, _ in costs), sum(f for _, f in costs)
 
+    def quick(self, keep_unit: np.ndarray) -> tuple[int, float]:
+        """The same up to float rounding of the BFLOPs sum: only the layers whose widths changed are
+        evaluated (for searches that cost many plans)."""
+        widths = self._widths(keep_unit)
+        changed = np.unique(self._space_layer[widths != self._full_widths]).tolist()
+        params, bflops = self._full_total
+        for index in changed:
+            p, f = self._layer(index, widths)
+            params += p - self._full[index][0]
+            bflops += f - self._full[index][1]
+        return params, bflops
+
     def per_layer(self, keep_unit: np.ndarray) -> list[tuple[int, float]]:
         """Params and BFLOPs of each layer of the pruned graph (in ``analysis.graph``'s order)."""
-        keep = np.asarray(keep_unit, dtype=bool) | ~self.analysis.unit_prunable
-        widths = channel_widths(keep, self._spaces).tolist()
-        outs, ins = widths[: len(self._layers)], widths[len(self._layers) :]
-        costs, start = [], 0
-        for layer, out, count in zip(self._layers, outs, self._inputs, strict=True):
-            key = (layer.index, out, tuple(ins[start : start + count]))
-            start += count
-            if key not in self._cache:
-                self._cache[key] = _layer_cost(layer, out, key[2])
-            costs.append(self._cache[key])
-        return costs
+        widths = self._widths(keep_unit)
+        return [self._layer(index, widths) for index in range(len(self._layers))]
+
+    def _widths(self, keep_unit: np.ndarray) -> np.ndarray:
+        return self._spaces.widths(np.asarray(keep_unit, dtype=bool) | ~self.analysis.unit_prunable)
+
+    def _layer(self, index: int, widths: np.ndarray) -> tuple[int, float]:
+        ins = tuple(widths[self._input_start[index] : self._input_start[index + 1]].tolist())
+        key = (index, int(widths[index]), ins)
+        if key not in self._cache:
+            self._cache[key] = _layer_cost(self._layers[index], key[1], ins)
+        return self._cache[key]
 
 
 def _layer_cost(layer: L.Layer, out: int, ins: tuple[int, ...]) -> tuple[int, float]:

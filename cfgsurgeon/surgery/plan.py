@@ -22,7 +22,7 @@ from .cost import WidthCost, graph_cost
 from .criteria import CRITERIA, normalizer, unit_scores
 from .groups import ChannelAnalysis, Group, analyse
 from .prune import PruneResult, apply_keep, require_weights
-from .select import RoundTo, check_round_to, keep_every_layer, round_widths
+from .select import RoundTo, Spaces, check_round_to, keep_every_layer, round_widths
 
 __all__ = ["Planner", "Unit", "graph_cost", "prunable_units", "prune_units", "units_of"]
 
@@ -78,6 +78,7 @@ class Planner:
         self.by_key = {unit.key: unit for unit in self.units}
         self.scores = unit_scores(self.analysis, criterion, seed, normalize)
         self.cost = WidthCost(self.analysis)
+        self._layer_spaces = Spaces(self.analysis.output_units)
         groups = self.analysis.groups
         self._weakest_first = [g.unit_ids[np.lexsort((g.unit_ids, self.scores[g.unit_ids]))] for g in groups]
 
@@ -96,7 +97,7 @@ class Planner:
         for key, rate in rates.items():
             unit = self.by_key[key]
             keep[self._weakest_first[unit.group][: removed_count(rate, unit.channels)]] = False
-        keep_every_layer(keep, self.scores, self.analysis)
+        keep_every_layer(keep, self.scores, self.analysis, self._layer_spaces)
         round_widths(keep, self.scores, self.analysis, self.analysis.groups, self.round_to)
         return keep
 
@@ -218,7 +219,7 @@ class _Search:
         self.neighbours = _neighbours(planner)
 
     def cost(self, rates: Mapping[str, float]) -> float:
-        return _pick(self.planner.cost_of(rates), self.measure)
+        return _pick(self.planner.cost.quick(self.planner.keep(rates)), self.measure)
 
     def loss(self, key: str, rate: float) -> float:
         """Predicted loss of a unit at any rate: linear between the measured ones."""

@@ -183,20 +183,36 @@ def _best_first(units: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((units, -scores[units]))
 
 
-def keep_every_layer(keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis) -> bool:
-    """Every layer keeps a channel (see the module's docstring). Returns whether anything was added."""
-    empty = np.flatnonzero(channel_widths(keep, analysis.output_units) == 0)
+def keep_every_layer(
+    keep: np.ndarray, scores: np.ndarray, analysis: ChannelAnalysis, layers: Spaces | None = None
+) -> bool:
+    """Every layer keeps a channel (see the module's docstring). Returns whether anything was added.
+    ``layers``: ``Spaces(analysis.output_units)``, if the caller keeps one (it is reused across calls)."""
+    layers = layers or Spaces(analysis.output_units)
+    empty = np.flatnonzero(layers.widths(keep) == 0)
     for k in empty:  # _grow looks again: keeping a unit for one layer may fill another
         _grow(keep, analysis.output_units[k], scores, _at_least(1))
     return len(empty) > 0
 
 
+class Spaces:
+    """Channel spaces (arrays of unit ids, e.g. every layer's output units) laid out once, so that their
+    kept widths under many ``keep`` masks cost one pass each."""
+
+    def __init__(self, spaces: list[np.ndarray]):
+        lengths = np.array([len(space) for space in spaces], dtype=np.int64)
+        self.flat = np.concatenate([np.zeros(0, dtype=np.int64), *spaces])
+        self.ends = np.cumsum(lengths)
+        self.starts = self.ends - lengths
+
+    def widths(self, keep: np.ndarray) -> np.ndarray:
+        kept = np.concatenate([[0], np.cumsum(keep[self.flat], dtype=np.int64)])
+        return kept[self.ends] - kept[self.starts]
+
+
 def channel_widths(keep: np.ndarray, spaces: list[np.ndarray]) -> np.ndarray:
     """Kept channels of each channel space (a layer's output units), all at once."""
-    lengths = [len(space) for space in spaces]
-    owner = np.repeat(np.arange(len(spaces)), lengths)
-    flat = np.concatenate([np.zeros(0, dtype=np.int64), *spaces])
-    return np.bincount(owner, weights=keep[flat], minlength=len(spaces)).astype(np.int64)
+    return Spaces(spaces).widths(keep)
 
 
 def round_widths(

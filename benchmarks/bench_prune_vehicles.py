@@ -1,0 +1,173 @@
+"""Pruning on real data: the fine-tuned vehicles yolov3-tiny made smaller by ``iterate`` (sensitivity → plan →
+prune → fine-tune, step by step) and, at the same BFLOPs with the same fine-tuning epochs, by one uniform
+``slim`` prune — on a CPU.
+
+Stages (each a folder and a JSON under ``--out``; a finished stage is not run again, so the script resumes):
+
+* the fine-tuned baseline of ``bench_vehicles.py`` (its ``coco`` and ``finetune`` stages, run if missing);
+* ``iterate-50``: ``iterate`` from the baseline to ``--target`` of its BFLOPs (``--step`` per step,
+  ``--epochs-per-step`` of fine-tuning after each prune), then ``--final-epochs`` more;
+* ``slim-50``: the baseline slim-pruned (``prune_to_target``) to the BFLOPs ``iterate-50`` reached, then
+  fine-tuned for as many epochs as ``iterate-50`` had in all;
+* ``iterate-30`` / ``slim-30``: the same to ``--second-target`` (iterate continues from ``iterate-50``).
+
+Selection is on the valid split (each fine-tuning keeps its best valid epoch; the loop's stop rule); every
+figure of the final table is on the test split. Latency: OpenVINO (or ``--backend``), the models interleaved.
+
+    python benchmarks/bench_prune_vehicles.py --out runs/vehicles
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_vehicles import DATA, cached, log, run_training, scores, stage_coco  # noqa: E402
+
+from cfgsurgeon import load_cfg, read_weights, write_cfg, write_weights  # noqa: E402
+from cfgsurgeon.bench import ModelSpec, bench, table_lines  # noqa: E402
+from cfgsurgeon.surgery.target import prune_to_target  # noqa: E402
+from cfgsurgeon.workflow.iterate import IterateSettings, iterate  # noqa: E402
+
+
+def baseline(out: Path, args) -> dict:
+    coco = cached(out / "coco.json", lambda: stage_coco(out))
+    return cached(out / "finetune.json", lambda: run_training(coco, out / "finetune", args, args.epochs))
+
+
+def stage_iterate(start: dict, folder: Path, target: float, step: float, args) -> dict:
+    settings = IterateSettings(
+        target_bflops=target,
+        step=step,
+        epochs_per_step=args.epochs_per_step,
+        max_drop=args.max_drop,
+        criterion=args.criterion,
+        proxy=not args.map_analysis,
+        images=args.images,
+        train=training_options(args),
+    )
+    result = iterate(Path(start["cfg"]), Path(start["weights"]), DATA, folder, settings, log=log)
+    final = result.final
+    row = (
+        run_training(final, folder / "final", args, args.final_epochs)
+        if args.final_epochs
+        else scores(Path(final["cfg"]), Path(final["weights"]))
+    )
+    row["steps"] = [
+        {k: s[k] for k in ("step", "bflops", "params", "valid_pruned", "valid", "seconds")}
+        for s in result.steps
+    ]
+    row["stopped"] = result.stopped
+    row["epochs"] = args.epochs_per_step * (len(result.steps) - 1) + args.final_epochs
+    return row
+
+
+def stage_slim(start: dict, folder: Path, bflops: float, epochs: int, args) -> dict:
+    graph = load_cfg(Path(start["cfg"]), warn=lambda m: None)
+    read_weights(graph, Path(start["weights"]))
+    result = prune_to_target(graph, "slim", target_bflops=bflops / graph.bflops, criterion=args.criterion)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_cfg(result.pruned, folder / "yolov3-tiny.cfg")
+    write_weights(result.pruned, folder / "yolov3-tiny.weights")
+    pruned = scores(folder / "yolov3-tiny.cfg", folder / "yolov3-tiny.weights")
+    row = run_training(pruned, folder / "finetune", args, epochs)
+    row["pruned"] = pruned
+    return row
+
+
+def training_options(args) -> dict:
+    return {
+        "batch": args.batch,
+        "optimizer": "sgd",
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "lr_policy": "cosine",
+        "multiscale": False,
+    }
+
+
+def latency(rows: list[tuple[str, dict]], backend: str) -> dict:
+    specs = [ModelSpec(Path(row["cfg"]), Path(row["weights"])) for _, row in rows]
+    report = bench(specs, backend=backend, runs=30, warmup=5, interleave=True)
+    print("\n".join(table_lines(report)))
+    return {
+        name: model["latency_ms"]["median"] for (name, _), model in zip(rows, report["models"], strict=True)
+    }
+
+
+def table(rows: list[tuple[str, dict]], base: dict, ms: dict) -> list[str]:
+    lines = [
+        "| model | params | BFLOPs | test mAP@0.5 | × baseline | test mAP@0.5:0.95 | valid mAP@0.5 "
+        "| latency ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows:
+        lines.append(
+            f"| {name} | {row['params']:,} | {row['bflops']:.3f} ({row['bflops'] / base['bflops']:.0%}) | "
+            f"{row['test']['mAP50']:.3f} | {row['test']['mAP50'] / base['test']['mAP50']:.3f} | "
+            f"{row['test']['mAP50_95']:.3f} | {row['valid']['mAP50']:.3f} | "
+            f"{ms.get(name, float('nan')):.1f} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/vehicles"))
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--second-target", type=float, default=0.3)
+    parser.add_argument("--step", type=float, default=0.1)
+    parser.add_argument("--epochs-per-step", type=int, default=2)
+    parser.add_argument("--final-epochs", type=int, default=2)
+    parser.add_argument("--criterion", default="bn-gamma")
+    parser.add_argument("--map-analysis", action="store_true", help="analyse with valid mAP, not the proxy")
+    parser.add_argument("--images", type=int, default=64, help="images per sensitivity analysis")
+    parser.add_argument("--max-drop", type=float, default=0.05)
+    parser.add_argument("--backend", default="openvino")
+    parser.add_argument("--epochs", type=int, default=6, help="baseline fine-tuning epochs (bench_vehicles)")
+    parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-second", action="store_true")
+    args = parser.parse_args()
+    out = args.out
+    base = baseline(out, args)
+    first = cached(
+        out / "iterate-50.json", lambda: stage_iterate(base, out / "iterate-50", args.target, args.step, args)
+    )
+    rows = [("fine-tuned baseline", base), (f"iterate to {args.target:.0%}", first)]
+    slim = cached(
+        out / "slim-50.json",
+        lambda: stage_slim(base, out / "slim-50", first["bflops"], first["epochs"], args),
+    )
+    rows.append((f"uniform slim, same BFLOPs, {first['epochs']} epochs", slim))
+    if not args.skip_second:
+        share = args.second_target * base["bflops"] / first["bflops"]
+        second = cached(
+            out / "iterate-30.json",
+            lambda: stage_iterate(first, out / "iterate-30", share, min(args.step * 2, 1 - share), args),
+        )
+        second_epochs = first["epochs"] + second["epochs"]
+        rows.append((f"iterate to {args.second_target:.0%}", second))
+        slim2 = cached(
+            out / "slim-30.json",
+            lambda: stage_slim(base, out / "slim-30", second["bflops"], second_epochs, args),
+        )
+        rows.append((f"uniform slim, same BFLOPs, {second_epochs} epochs", slim2))
+    ms = cached(out / "latency.json", lambda: latency(rows, args.backend))
+    print("\n".join(table(rows, base, ms)))
+    for name, row in rows[1:]:
+        print(
+            f"{name}: test mAP@0.5 {row['test']['mAP50'] / base['test']['mAP50']:.3f}× the baseline at "
+            f"{row['bflops'] / base['bflops']:.3f}× its BFLOPs"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -47,7 +47,8 @@ def stage_iterate(start: dict, folder: Path, target: float, step: float, args) -
         criterion=args.criterion,
         proxy=not args.map_analysis,
         images=args.images,
-        train=training_options(args),
+        rates=tuple(args.rates),
+        train={**training_options(args), "warmup": args.step_warmup},
     )
     result = iterate(Path(start["cfg"]), Path(start["weights"]), DATA, folder, settings, log=log)
     final = result.final
@@ -122,12 +123,14 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--second-target", type=float, default=0.3)
     parser.add_argument("--step", type=float, default=0.1)
-    parser.add_argument("--epochs-per-step", type=int, default=2)
-    parser.add_argument("--final-epochs", type=int, default=2)
+    parser.add_argument("--epochs-per-step", type=int, default=1)
+    parser.add_argument("--final-epochs", type=int, default=3)
     parser.add_argument("--criterion", default="bn-gamma")
     parser.add_argument("--map-analysis", action="store_true", help="analyse with valid mAP, not the proxy")
     parser.add_argument("--images", type=int, default=64, help="images per sensitivity analysis")
-    parser.add_argument("--max-drop", type=float, default=0.05)
+    parser.add_argument("--max-drop", type=float, default=0.1)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--step-warmup", type=int, default=5, help="warm-up steps of each step's fine-tuning")
     parser.add_argument("--backend", default="openvino")
     parser.add_argument("--epochs", type=int, default=6, help="baseline fine-tuning epochs (bench_vehicles)")
     parser.add_argument("--lr", type=float, default=0.001)

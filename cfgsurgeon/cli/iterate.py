@@ -80,9 +80,9 @@ def _round_to(text: str) -> int | str:
 )
 @click.option(
     "--rates",
-    default="0.25,0.5,0.75",
+    default="0.1,0.2,0.3",
     show_default=True,
-    help="Rates each unit is analysed at, comma separated.",
+    help="Rates each unit is analysed at, comma separated; the largest is the most a step cuts from a unit.",
 )
 @click.option(
     "--map-analysis",

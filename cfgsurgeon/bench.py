@@ -227,9 +227,9 @@ def bench(
 ) -> dict[str, Any]:
     """Measure every model (see the module's docstring) and return the JSON-ready report."""
     if not specs:
-        raise UsageError("give at least one --cfg")
+        raise UsageError("give at least one model (`specs`)")
     if size is not None and size < 1:
-        raise UsageError(f"--size must be positive, got {size}")
+        raise UsageError(f"`size` must be positive, got {size}")
     _check_counts(runs, warmup, batch)
     threads = threads or default_threads()
     models: list[dict[str, Any]] = []

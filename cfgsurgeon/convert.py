@@ -118,7 +118,8 @@ def load_checkpoint(path: str | Path, cfg_path: str | Path | None = None, warn: 
             path,
         )
     if cfg_path is None:
-        raise UsageError("this checkpoint (module_list.N.… keys) carries no cfg: name it with --cfg", path)
+        message = "this checkpoint (module_list.N.… keys) carries no cfg: name it with `cfg_path`"
+        raise UsageError(message, path)
     graph = load_cfg(cfg_path, warn)
     _fill_weights(graph, state, _archive_resolver, _is_counter, path)
     graph.weights_header = WeightsHeader(seen=_seen(obj))

@@ -40,7 +40,7 @@ def _torch(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     from .emit.torch import to_torch
 
     if model is not None:
-        raise UsageError("--backend torch runs the cfg and weights directly; --model is for exported models")
+        raise UsageError("`backend` torch runs the cfg and weights directly; `model` is for exported models")
     if threads:
         torch.set_num_threads(threads)
     net = to_torch(graph)
@@ -117,7 +117,7 @@ def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
         except RuntimeError:  # TensorFlow fixes its thread pools when it starts
-            message = "--threads: TensorFlow already started in this process with another thread count"
+            message = "`threads`: TensorFlow already started in this process with another thread count"
             raise UsageError(message) from None
     net = to_keras(graph) if model is None else load_keras(model)
     expected = output_names(graph)
@@ -188,7 +188,7 @@ def make_runner(
         return factory(graph, model, threads)
     except ImportError as exc:
         raise UsageError(
-            f"--backend {backend} needs the package '{exc.name}': {install_hint(exc.name)}"
+            f"`backend` {backend} needs the package '{exc.name}': {install_hint(exc.name)}"
         ) from None
 
 

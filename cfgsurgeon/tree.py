@@ -76,7 +76,7 @@ def load_tree(layer: L.Layer, entries: int, override: str | Path | None = None) 
     """The softmax tree of a ``tree=`` layer, checked to cover exactly its ``entries`` values."""
     if override is not None:
         if not Path(override).is_file():
-            raise UsageError(f"--tree {override}: no such file")
+            raise UsageError(f"`tree` {override}: no such file")
         path = Path(override)
     else:
         candidates = tree_candidates(layer)
@@ -85,7 +85,7 @@ def load_tree(layer: L.Layer, entries: int, override: str | Path | None = None) 
             looked = ", ".join(str(p) for p in candidates)
             raise CfgError(
                 f"layer {layer.index} [{layer.header}] tree={layer.options['tree']}: file not found "
-                f"(looked for {looked}); give the tree file with --tree FILE",
+                f"(looked for {looked}); give the tree file with `tree` FILE",
                 layer.where("tree"),
             )
     tree = read_tree(path)

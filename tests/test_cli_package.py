@@ -4,8 +4,10 @@ framework, and library errors that name a parameter reach the user as the flag t
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +47,7 @@ def test_every_command_module_is_discovered() -> None:
     )
 
 
-# Every click.Choice of the CLI and the library table it must be.
+# Choices of the CLI and the library table each must be.
 CHOICE_TABLES = [
     ("prune", "--method", METHODS),
     ("prune", "--criterion", tuple(CRITERIA)),
@@ -68,15 +70,33 @@ def test_choices_are_the_library_tables(command: str, option: str, table: tuple[
     assert tuple(choice(command, option).choices) == table
 
 
-def test_every_choice_is_covered_above() -> None:
-    """A new click.Choice must be added to CHOICE_TABLES (and so come from a library table)."""
-    choices = {
-        (name, param.opts[-1])
+def _library_tables() -> set[tuple[str, ...]]:
+    """Every module-level tuple, list or dict (its keys) of strings in the loaded library modules, as it is
+    and sorted."""
+    tables = set()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("cfgsurgeon.") and not name.startswith("cfgsurgeon.cli"):
+            for value in vars(module).values():
+                if (
+                    isinstance(value, tuple | list | dict)
+                    and value
+                    and all(isinstance(v, str) for v in value)
+                ):
+                    tables |= {tuple(value), tuple(sorted(value))}
+    return tables
+
+
+def test_every_choice_is_a_library_table() -> None:
+    """A click.Choice whose list is no table of the library is a copy, which can drift from what the library
+    accepts."""
+    tables = _library_tables()
+    copies = [
+        f"{name} {param.opts[-1]}: {list(param.type.choices)}"
         for name, command in main.commands.items()
         for param in command.params
-        if isinstance(param.type, click.Choice)
-    }
-    assert choices == {(command, option) for command, option, _ in CHOICE_TABLES}
+        if isinstance(param.type, click.Choice) and tuple(param.type.choices) not in tables
+    ]
+    assert copies == []
 
 
 def test_training_tables_match_the_code_that_validates_them() -> None:
@@ -182,3 +202,33 @@ def test_the_library_speaks_of_parameters(tmp_path: Path) -> None:
     graph = load_cfg(REPO_CFG_DIR / "yolo-nano.cfg", warn=lambda message: None)
     with pytest.raises(UsageError, match="^`quantize` and `calibration` are options of `format` tflite$"):
         formats.export(graph, "onnx", tmp_path / "m.onnx", formats.ExportOptions(quantize="int8"))
+
+
+# Library folders whose error messages still name flags, left to the work in progress in them: remove an
+# entry once its messages name parameters (`percent`) and the flags are in cli/common.py's FLAGS.
+FLAG_SPEAKING = ("surgery/", "train/", "workflow/")
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+
+
+def _error_texts(tree: ast.AST):
+    """The string pieces of every ``raise`` statement, and of ``message = ...`` assignments (raised next)."""
+    for node in ast.walk(tree):
+        is_message = isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "message" for target in node.targets
+        )
+        if isinstance(node, ast.Raise) or is_message:
+            for piece in ast.walk(node):
+                if isinstance(piece, ast.Constant) and isinstance(piece.value, str):
+                    yield piece.lineno, piece.value
+
+
+def test_library_errors_name_parameters_not_flags() -> None:
+    package = PROJECT / "cfgsurgeon"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package).as_posix()
+        if name.startswith(("cli/", *FLAG_SPEAKING)):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += [f"{name}:{line}: {text}" for line, text in _error_texts(tree) if _FLAG.search(text)]
+    assert found == []

@@ -316,7 +316,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path: Path) -> None:
 
 def test_an_archive_checkpoint_needs_a_cfg(tmp_path: Path) -> None:
     checkpoint, _ = _save_archive(tmp_path, lambda state: None)
-    assert "carries no cfg: name it with --cfg" in _error(checkpoint, None)
+    assert "carries no cfg: name it with `cfg_path`" in _error(checkpoint, None)
 
 
 def test_an_unknown_dict_is_refused(tmp_path: Path) -> None:

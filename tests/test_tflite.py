@@ -172,5 +172,5 @@ def test_int8_without_calibration_is_refused() -> None:
     graph = loads_cfg(
         "[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=2\nsize=1\n", warn=quiet
     )
-    with pytest.raises(UsageError, match="--quantize int8 needs --calibration"):
+    with pytest.raises(UsageError, match="`quantize` int8 needs `calibration`"):
         T.tflite_bytes(graph, "int8")

@@ -72,7 +72,7 @@ def convert(
     if quantize not in QUANTIZE:
         raise UsageError(f"unknown quantization '{quantize}' (choose from {', '.join(QUANTIZE)})")
     if quantize == "int8" and calibration is None:
-        raise UsageError("--quantize int8 needs --calibration IMAGES_LIST (real images to calibrate on)")
+        raise UsageError("`quantize` int8 needs `calibration` IMAGES_LIST (real images to calibrate on)")
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])

@@ -70,11 +70,11 @@ def heads_of(graph: Graph) -> list[Head]:
     heads = [layer for layer in graph.layers if isinstance(layer, HEADS) and layer.kind != "yolo"]
     if heads:
         raise UsageError(
-            f"--fine-tune supports [yolo] heads only; layer {heads[0].index} is [{heads[0].header}]"
+            f"`fine_tune` supports [yolo] heads only; layer {heads[0].index} is [{heads[0].header}]"
         )
     found = [Head.of(layer) for layer in graph.layers if isinstance(layer, L.Yolo) and layer.kind == "yolo"]
     if not found:
-        raise UsageError("--fine-tune needs a model with [yolo] heads")
+        raise UsageError("`fine_tune` needs a model with [yolo] heads")
     return found
 
 

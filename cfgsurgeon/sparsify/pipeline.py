@@ -160,7 +160,7 @@ def sparsify(
     from ..weights import write_weights
 
     if options.tflite and options.quantize == "int8" and options.calibration is None:
-        raise UsageError("--quantize int8 needs --calibration IMAGES_LIST (real images to calibrate on)")
+        raise UsageError("`quantize` int8 needs `calibration` IMAGES_LIST (real images to calibrate on)")
     pruned, layers, history = prune_graph(graph, options, note)
     outdir.mkdir(parents=True, exist_ok=True)
     write_weights(pruned, outdir / "sparse.weights", graph.weights_header)

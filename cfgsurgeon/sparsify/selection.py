@@ -36,10 +36,10 @@ def parse_block(text: str) -> tuple[int, int]:
     try:
         rows, cols = (int(part) for part in text.split(","))
     except ValueError:
-        message = f"--block-size takes two integers 'rows,cols' (e.g. 1,16 or 4,4), got '{text}'"
+        message = f"`block` takes two integers 'rows,cols' (e.g. 1,16 or 4,4), got '{text}'"
         raise UsageError(message) from None
     if rows < 1 or cols < 1:
-        raise UsageError(f"--block-size must be positive, got '{text}'")
+        raise UsageError(f"`block` must be positive, got '{text}'")
     return rows, cols
 
 
@@ -48,7 +48,7 @@ def parse_indices(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise UsageError(f"--skip-layers takes layer indices separated by commas, got '{text}'") from None
+        raise UsageError(f"`skip` takes layer indices separated by commas, got '{text}'") from None
 
 
 def prunable(graph: Graph) -> list[L.Layer]:
@@ -109,7 +109,7 @@ def plan(
     unknown = [i for i in skip if i not in candidates]
     if unknown:
         raise UsageError(
-            f"--skip-layers {unknown}: not convolutional/connected layers with their own weights "
+            f"`skip` {unknown}: not convolutional/connected layers with their own weights "
             f"(those are {sorted(candidates)})"
         )
     dense = {} if whole_model else protected(graph)

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..detect import head_layers
+from ..detect import _common_classes, head_layers
 from ..emit.cfg import cfg_text
 from ..emit.torch import to_torch
 from ..errors import UsageError
@@ -107,8 +107,6 @@ def sensitivity(
     previous = _resumed(Path(state), header, units) if state is not None and Path(state).exists() else None
     run = _Run(graph, dataset, spec.names, not proxy)
     result = previous or {**header, "baseline": run.baseline(), "units": [_unit_entry(u) for u in units]}
-    if previous is not None:
-        run.baseline(score=False)  # the proxy compares with the baseline's outputs
     return _measure_units(run, result, units, criterion, state, progress or _quiet)
 
 
@@ -150,7 +148,7 @@ def _calibration_images(
     graph: Graph, spec: DataSpec, images: int | None, proxy: bool, warn: Callable[[str], None]
 ) -> _Prepared:
     """The first ``images`` photos of the valid split (all by default); with mAP, labels are required."""
-    classes = _model_classes(graph)
+    classes = _common_classes(head_layers(graph))
     if classes != spec.classes:
         raise UsageError(f"classes={spec.classes}, but the model has {classes} classes", str(spec.source))
     split = DetectionDataset.from_data(spec, "valid", graph, augment=False)
@@ -162,10 +160,6 @@ def _calibration_images(
         image_list = spec.valid if "valid" in spec.lines else spec.train  # darknet: valid defaults to train
         _check_labels(split.images[:count], labels, image_list, warn)
     return _Prepared(split, count)
-
-
-def _model_classes(graph: Graph) -> int:
-    return head_layers(graph)[0].classes
 
 
 # -- hashing the inputs and resuming -------------------------------------------------------------------------
@@ -284,6 +278,8 @@ class _Run:
         return {**figures, "proxy": 0.0}
 
     def measure(self, pruned: Graph) -> dict:
+        if not self.reference:  # a continued run: the baseline's figures are saved, its outputs are not
+            self.baseline(score=False)
         outputs, figures = self._run(pruned, self.with_map)
         return {**figures, "proxy": _significant(score_change(pruned, self.reference, outputs))}
 

@@ -268,8 +268,10 @@ def report_markdown(data: dict[str, Any], source: str) -> str:
         lines.append("Exact: every removed channel's constant is zero or reaches only unpadded consumers.")
     if comp["measured_relative_error"] is not None:
         lines.append(
-            f"Measured on a random input: max relative error {comp['measured_relative_error']:.3g} "
-            "against the keep-size model with the removed channels switched off (γ = 0)."
+            "On a random input, the pruned model's outputs differ from the keep-size model with the removed "
+            f"channels switched off (γ = 0) by at most {comp['measured_relative_error']:.3g} of the largest "
+            "output, in the border pixels only: a measure of the border effect, not a predicted accuracy "
+            "loss (evaluate both models on your data for that)."
         )
     lines += ["", "## Layers", "", "| layer | type | channels | params | BFLOPs |", "|---:|---|---|---|---|"]
     for row in data["layers"]:

@@ -44,7 +44,7 @@ def model(nano, tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def quick(**overrides) -> SweepSettings:
-    settings = {"ratios": (0.2, 0.4), "backend": None}
+    settings = {"ratios": (0.2, 0.4), "latency_runs": 0}
     settings.update(overrides)
     return SweepSettings(**settings)
 
@@ -98,6 +98,8 @@ def test_settings_refuse_what_cannot_be_swept():
         SweepSettings(max_drop=1.5)
     with pytest.raises(UsageError, match="`finetune_epochs`"):
         SweepSettings(finetune_epochs=-1)
+    with pytest.raises(UsageError, match="`backend` tf1 measures no latency"):
+        SweepSettings(backend="tf1")
 
 
 # -- a sweep -------------------------------------------------------------------------------------------------
@@ -224,7 +226,9 @@ def test_a_missing_latency_backend_leaves_the_column_empty_with_a_note(model, tm
     monkeypatch.setitem(runtimes.BACKENDS, "openvino", not_installed)
     cfg, weights, data = model
     lines: list[str] = []
-    result = sweep(cfg, weights, data, tmp_path / "sweep", quick(backend="openvino"), log=lines.append)
+    result = sweep(
+        cfg, weights, data, tmp_path / "sweep", quick(backend="openvino", latency_runs=2), log=lines.append
+    )
     assert result.baseline["latency_ms"] is None and all(row["latency_ms"] is None for row in result.rows)
     notes = [line for line in lines if line.startswith("latency not measured")]
     assert len(notes) == 1 and "openvino" in notes[0]

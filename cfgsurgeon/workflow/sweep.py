@@ -3,7 +3,7 @@
 Per ratio: the model pruned (:func:`cfgsurgeon.surgery.prune.prune`), optionally fine-tuned for a few epochs
 (:func:`cfgsurgeon.train.trainer.train`), then its P, R, mAP@0.5 and mAP@0.5:0.95 on the first ``images``
 photos of the ``.data`` file's valid split (:func:`cfgsurgeon.train.evaluate.evaluate`), params, BFLOPs and,
-with a ``backend``, its batch-1 latency (:func:`cfgsurgeon.bench.measure`). The unpruned model is scored
+its batch-1 latency in ``backend`` (:func:`cfgsurgeon.bench.measure`). The unpruned model is scored
 first as the baseline (never fine-tuned). A ratio above the method's safe bound (the largest that leaves
 every layer a channel) is recorded as refused, with the bound, unless ``force``.
 
@@ -22,7 +22,6 @@ an uninterrupted one does (latency, a measurement of the machine, excepted).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -41,7 +40,8 @@ from ..emit.cfg import write_cfg
 from ..errors import UsageError
 from ..files import atomic_output, refuse_overwrite
 from ..ir import Graph, load_cfg
-from ..runtimes import BACKENDS
+from ..runtimes import BENCH_BACKENDS
+from ..surgery.criteria import CRITERIA
 from ..surgery.prune import choose, prune
 from ..surgery.select import STRATEGIES
 from ..train.dataset import DetectionDataset, read_data_file
@@ -49,6 +49,7 @@ from ..train.evaluate import evaluate
 from ..train.monitor import format_duration
 from ..train.trainer import TrainConfig, TrainingDiverged, train
 from ..weights import WeightsHeader, read_weights, write_weights
+from .sensitivity import _file_sha256
 
 VERSION = 1
 STATE_NAME = "sweep.json"
@@ -65,8 +66,8 @@ class SweepSettings:
     criterion: str = "bn-gamma"
     finetune_epochs: int = 0  # per ratio, before scoring (0: none)
     max_drop: float = 0.03  # relative mAP@0.5 loss against the baseline the chosen ratio may cost
-    backend: str | None = "torch"  # latency measured in this runtime (None: no latency column)
-    latency_runs: int = 20
+    backend: str = "torch"  # latency measured in this runtime (one of runtimes.BENCH_BACKENDS)
+    latency_runs: int = 20  # timed forward passes per model (0: no latency column)
     images: int | None = None  # the first N valid images (all by default)
     force: bool = False  # prune ratios above the safe bound too
     seed: int = 0
@@ -77,6 +78,8 @@ class SweepSettings:
             raise UsageError(
                 f"`method` {self.method} cannot be swept by ratio (one of: {', '.join(STRATEGIES)})"
             )
+        if self.criterion not in CRITERIA:
+            raise UsageError(f"`criterion` {self.criterion} is unknown (one of: {', '.join(CRITERIA)})")
         check_ratios(self.ratios)
         if self.finetune_epochs < 0:
             raise UsageError(f"`finetune_epochs` must be 0 or more, found {self.finetune_epochs}")
@@ -84,8 +87,12 @@ class SweepSettings:
             raise UsageError(f"`max_drop` must be in [0, 1), found {self.max_drop}")
         if self.images is not None and self.images < 1:
             raise UsageError(f"`images` must be 1 or more, found {self.images}")
-        if self.latency_runs < 1:
-            raise UsageError(f"`latency_runs` must be 1 or more, found {self.latency_runs}")
+        if self.latency_runs < 0:
+            raise UsageError(f"`latency_runs` must be 0 or more, found {self.latency_runs}")
+        if self.backend not in BENCH_BACKENDS:
+            raise UsageError(
+                f"`backend` {self.backend} measures no latency (one of: {', '.join(BENCH_BACKENDS)})"
+            )
 
     def identity(self) -> dict[str, Any]:
         """The settings a point's figures depend on (JSON-ready)."""
@@ -174,8 +181,6 @@ def sweep(
     terminal); ``verbose``: the fine-tuning runs' own lines and bars too.
     """
     say = log or (lambda line: None)
-    if settings.backend is not None and settings.backend not in BACKENDS:
-        raise UsageError(f"`backend` {settings.backend} is unknown (one of: {', '.join(sorted(BACKENDS))})")
     cfg, weights, data, output = Path(cfg), Path(weights), Path(data), Path(output)
     refuse_overwrite(_outputs(output, cfg, settings.ratios), [cfg, weights, data])
     graph = load_cfg(cfg, warn=say)
@@ -266,7 +271,7 @@ class _Context:
 
     def _latency(self, graph: Graph, ratio: float) -> float | None:
         settings = self.settings
-        if settings.backend is None or self.latency_note is not None:
+        if not settings.latency_runs or self.latency_note is not None:
             return None
         try:
             figures = measure(
@@ -361,9 +366,9 @@ def _open_state(context: _Context, weights: Path) -> dict[str, Any]:
         "data": str(context.data),
         "settings": context.settings.identity(),
         "inputs": {
-            "cfg_sha256": _sha256(context.cfg),
-            "weights_sha256": _sha256(weights),
-            "data_sha256": _sha256(context.data),
+            "cfg_sha256": _file_sha256(context.cfg),
+            "weights_sha256": _file_sha256(weights),
+            "data_sha256": _file_sha256(context.data),
         },
     }
     path = context.output / STATE_NAME
@@ -376,17 +381,27 @@ def _open_state(context: _Context, weights: Path) -> dict[str, Any]:
         raise UsageError(f"cannot continue from it ({exc}); delete it to start over", str(path)) from None
     if not isinstance(saved, dict) or saved.get("version") != VERSION:
         raise UsageError(f"not a sweep (version {VERSION}); delete it or write elsewhere", str(path))
-    for key in ("settings", "inputs"):
-        before, now = saved.get(key) or {}, header[key]
-        changed = [name for name in now if before.get(name) != now[name]]
-        if changed:
-            name = changed[0]
-            raise UsageError(
-                f"was made with {name}={before.get(name)!r}, this run has {now[name]!r}: give the same "
-                "inputs and settings to continue it, or write elsewhere to start over",
-                str(path),
-            )
+    difference = _difference(saved, header)
+    if difference:
+        raise UsageError(
+            f"was made {difference}: give the same inputs and settings to continue it, or write elsewhere to "
+            "start over",
+            str(path),
+        )
     return {**saved, **{key: header[key] for key in ("cfg", "weights", "data")}}
+
+
+def _difference(saved: dict[str, Any], header: dict[str, Any]) -> str | None:
+    """The first input or setting of ``header`` that the saved sweep differs in, in words."""
+    inputs = saved.get("inputs") or {}
+    for name, digest in header["inputs"].items():
+        if inputs.get(name) != digest:
+            return f"from another `{name.removesuffix('_sha256')}` (the file's contents differ)"
+    settings = saved.get("settings") or {}
+    for name, value in header["settings"].items():
+        if settings.get(name) != value:
+            return f"with `{name}` {settings.get(name)!r}, this run has {value!r}"
+    return None
 
 
 def _row(state: dict[str, Any], ratio: float) -> dict[str, Any] | None:
@@ -396,14 +411,6 @@ def _row(state: dict[str, Any], ratio: float) -> dict[str, Any] | None:
 def _save(output: Path, state: dict[str, Any]) -> None:
     with atomic_output(output / STATE_NAME, "w") as out:
         out.write(json.dumps(state, indent=1) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- the report ----------------------------------------------------------------------------------------------
@@ -442,10 +449,10 @@ def report_markdown(state: dict[str, Any]) -> str:
     refused = [row for row in state["rows"] if "refused" in row]
     if refused:
         lines.append(
-            f"- refused: ratios above the safe bound {refused[0]['bound']:g} would empty a layer "
+            f"- refused: ratios above the safe bound {refused[0]['bound']:.4g} would empty a layer "
             "(`force` prunes them anyway)"
         )
-    latency = f"latency ms ({settings['backend']})" if settings["backend"] else "latency"
+    latency = f"latency ms ({settings['backend']})" if settings["latency_runs"] else "latency"
     lines += [
         "",
         f"| ratio | removed | P | R | mAP@0.5 | mAP@0.5:0.95 | params | BFLOPs | {latency} |",
@@ -511,7 +518,10 @@ def plot_sweep(state: dict[str, Any], path: Path) -> Path:
     figure.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     settings = state["settings"]
     tuning = f", fine-tuned {settings['finetune_epochs']} epochs" if settings["finetune_epochs"] else ""
-    left.set_title(f"{settings['method']} ({settings['criterion']}){tuning}: {Path(state['cfg']).name}")
+    verdict = f"chosen {chosen:g}" if chosen is not None else f"no ratio within {state['max_drop']:.0%}"
+    left.set_title(
+        f"{settings['method']} ({settings['criterion']}){tuning}: {Path(state['cfg']).name}; {verdict}"
+    )
     figure.tight_layout(rect=(0, 0.12, 1, 1))  # the legend below the axes: it never hides a curve
     with atomic_output(path, "wb") as out:
         figure.savefig(out, format="png", metadata={"Software": None})

@@ -23,6 +23,7 @@ from .criteria import CRITERIA, normalizer, unit_scores
 from .groups import ChannelAnalysis, Group, analyse
 from .prune import PruneResult, apply_keep, require_weights
 from .select import RoundTo, Spaces, check_round_to, keep_every_layer, round_widths
+from .target import measure_of, target_measure
 
 __all__ = ["Planner", "Unit", "graph_cost", "prunable_units", "prune_units", "units_of"]
 
@@ -194,18 +195,12 @@ def make_plan(
         rates = _on_latency_path(search, graph, target_latency, measure)
         target = {"measure": "latency", "share": target_latency}
     else:
-        from .target import target_measure
-
         name, share = target_measure(target_bflops, target_params)
-        goal = share * _pick(graph_cost(graph), name)
+        goal = share * measure_of(graph_cost(graph), name)
         search = _Search(planner, options, name, goal, tolerance)
         rates = search.land(_OPTIMISERS[optimizer](search, map_weight))
         target = {"measure": name, "share": share}
     return search.plan(rates, optimizer, target)
-
-
-def _pick(cost: tuple[int, float], name: str) -> float:
-    return float(cost[0] if name == "params" else cost[1])
 
 
 class _Search:
@@ -219,7 +214,7 @@ class _Search:
         self.neighbours = _neighbours(planner)
 
     def cost(self, rates: Mapping[str, float]) -> float:
-        return _pick(self.planner.cost.quick(self.planner.keep(rates)), self.measure)
+        return measure_of(self.planner.cost.quick(self.planner.keep(rates)), self.measure)
 
     def loss(self, key: str, rate: float) -> float:
         """Predicted loss of a unit at any rate: linear between the measured ones."""
@@ -228,7 +223,7 @@ class _Search:
 
     def unreachable(self) -> UsageError:
         most = {key: options[-1].rate for key, options in self.options.items()}
-        share = self.cost(most) / _pick(graph_cost(self.planner.graph), self.measure)
+        share = self.cost(most) / measure_of(graph_cost(self.planner.graph), self.measure)
         return UsageError(
             f"the target is out of reach: every unit at its largest measured rate leaves {share:.1%} of the "
             f"{self.measure} (measure larger rates)"

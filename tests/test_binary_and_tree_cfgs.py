@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import CFG_DIR, REFERENCE_DIR, SHARED_MARK, need_shared, quiet
-from test_torch_layers import darknet_tree_groups
+from test_torch_tree import darknet_tree_groups
 
 from cfgsurgeon import CfgError, load_cfg, loads_cfg, read_weights, write_weights
 from cfgsurgeon import layers as L

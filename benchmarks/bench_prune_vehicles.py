@@ -48,12 +48,12 @@ def stage_iterate(start: dict, folder: Path, target: float, step: float, args) -
         proxy=not args.map_analysis,
         images=args.images,
         rates=tuple(args.rates),
-        train={**training_options(args), "warmup": args.step_warmup},
+        train={**training_options(args), **teacher(args), "warmup": args.step_warmup},
     )
     result = iterate(Path(start["cfg"]), Path(start["weights"]), DATA, folder, settings, log=log)
     final = result.final
     row = (
-        run_training(final, folder / "final", args, args.final_epochs)
+        run_training(final, folder / "final", args, args.final_epochs, **teacher(args))
         if args.final_epochs
         else scores(Path(final["cfg"]), Path(final["weights"]))
     )
@@ -74,9 +74,17 @@ def stage_slim(start: dict, folder: Path, bflops: float, epochs: int, args) -> d
     write_cfg(result.pruned, folder / "yolov3-tiny.cfg")
     write_weights(result.pruned, folder / "yolov3-tiny.weights")
     pruned = scores(folder / "yolov3-tiny.cfg", folder / "yolov3-tiny.weights")
-    row = run_training(pruned, folder / "finetune", args, epochs)
+    row = run_training(pruned, folder / "finetune", args, epochs, **teacher(args))
     row["pruned"] = pruned
     return row
+
+
+def teacher(args) -> dict:
+    """Fine-tuning distils from the fine-tuned baseline (--no-distill: labels only)."""
+    if not args.distill:
+        return {}
+    folder = args.out / "finetune"
+    return {"teacher_cfg": folder / "yolov3-tiny.cfg", "teacher_weights": folder / "yolov3-tiny_best.weights"}
 
 
 def training_options(args) -> dict:
@@ -122,14 +130,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/vehicles"))
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--second-target", type=float, default=0.3)
-    parser.add_argument("--step", type=float, default=0.1)
-    parser.add_argument("--epochs-per-step", type=int, default=1)
-    parser.add_argument("--final-epochs", type=int, default=3)
+    parser.add_argument("--step", type=float, default=0.25)
+    parser.add_argument("--epochs-per-step", type=int, default=3)
+    parser.add_argument("--final-epochs", type=int, default=2)
     parser.add_argument("--criterion", default="bn-gamma")
     parser.add_argument("--map-analysis", action="store_true", help="analyse with valid mAP, not the proxy")
     parser.add_argument("--images", type=int, default=64, help="images per sensitivity analysis")
     parser.add_argument("--max-drop", type=float, default=0.1)
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
     parser.add_argument("--step-warmup", type=int, default=5, help="warm-up steps of each step's fine-tuning")
     parser.add_argument("--backend", default="openvino")
     parser.add_argument("--epochs", type=int, default=6, help="baseline fine-tuning epochs (bench_vehicles)")
@@ -138,6 +146,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-second", action="store_true")
+    parser.add_argument("--no-distill", dest="distill", action="store_false")
     args = parser.parse_args()
     out = args.out
     base = baseline(out, args)

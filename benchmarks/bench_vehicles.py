@@ -148,7 +148,7 @@ def cached(path: Path, make) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     row = make()
-    path.write_text(json.dumps(row, indent=1))
+    path.write_text(json.dumps(row, indent=1, default=str))
     return row
 
 

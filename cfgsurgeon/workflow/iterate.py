@@ -56,7 +56,9 @@ class IterateSettings:
             raise UsageError(f"`max_drop` must be in (0, 1], found {self.max_drop}")
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # tuples as lists, as the state file has them
+        return json.loads(
+            json.dumps(asdict(self), default=str)
+        )  # as the state file has them: lists, str paths
 
     def shares(self) -> list[float]:
         """The BFLOPs share each step aims at: 1 − step, 1 − 2·step, …, ending exactly at the target."""
@@ -165,17 +167,30 @@ def _run_step(
         progress=_analysis_progress(number, say),
         warn=say,
     )
-    plan = make_plan(analysis, graph, target_bflops=target, optimizer=settings.optimizer)
+    plan = make_plan(
+        analysis,
+        graph,
+        target_bflops=target,
+        optimizer=settings.optimizer,
+        round_to=settings.round_to,
+        seed=settings.seed,
+    )
     _write_json(folder / "plan.json", plan)
     pruned = prune_units(graph, plan["rates"], settings.criterion, settings.round_to, settings.seed).pruned
     stem = Path(parent["cfg"]).stem  # every step's files keep the model's name
     cfg, weights = folder / f"{stem}.cfg", folder / f"{stem}.weights"
     write_cfg(pruned, cfg)
     write_weights(pruned, weights)
-    before = _valid_metrics(pruned, data)
+    before = after = _valid_metrics(pruned, data)
     if settings.epochs_per_step:
-        cfg, weights = _finetune(cfg, weights, data, folder / "finetune", settings, say)
-        pruned = _load(cfg, weights)
+        tuned_cfg, tuned_weights = _finetune(cfg, weights, data, folder / "finetune", settings, say)
+        after = _valid_metrics(_load(tuned_cfg, tuned_weights), data)
+        if after["mAP50"] >= before["mAP50"]:  # the pruned model itself competes as fine-tuning's epoch 0
+            cfg, weights = tuned_cfg, tuned_weights
+        else:
+            lowered = f"{before['mAP50']:.4f} → {after['mAP50']:.4f}"
+            say(f"  fine-tuning lowered valid mAP@0.5 ({lowered}): the step keeps the pruned weights")
+            after = before
     step = {
         "step": number,
         "target_share": share,
@@ -184,7 +199,7 @@ def _run_step(
         "params": pruned.params,
         "bflops": round(pruned.bflops, 6),
         "valid_pruned": before,
-        "valid": _valid_metrics(pruned, data) if settings.epochs_per_step else before,
+        "valid": after,
         "seconds": round(time.perf_counter() - started, 1),
     }
     step["within_drop"] = _drop(step, base) <= settings.max_drop

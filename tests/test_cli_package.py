@@ -99,18 +99,6 @@ def test_every_choice_is_a_library_table() -> None:
     assert copies == []
 
 
-def test_training_tables_match_the_code_that_validates_them() -> None:
-    """train/options.py holds framework-free copies of the trainer's tables (the trainer imports torch)."""
-    pytest.importorskip("torch")
-    from cfgsurgeon.train import distill, sparsity, trainer
-
-    assert options.OPTIMIZERS == trainer.OPTIMIZERS
-    assert options.LR_POLICIES == trainer.LR_POLICIES
-    assert options.SPARSITY_SCHEDULES == sparsity.SCHEDULES
-    assert options.SPARSITY_SCOPES == sparsity.SCOPES
-    assert options.DISTILL_MODES == distill.MODES
-
-
 def test_quantizations_are_the_ones_tflite_accepts() -> None:
     pytest.importorskip("tf_keras")
     from cfgsurgeon.emit import tflite

@@ -31,7 +31,9 @@ from .common import CFG, WEIGHTS_REQUIRED, load
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Start from these weights (.weights or a .pt checkpoint). Default: from scratch (seeded init).",
+    help="Start from these weights (.weights or a .pt checkpoint). Heads of another class count (e.g. COCO "
+    "weights for a retargeted cfg) are fine: matching layers load, the rest start as from scratch and a "
+    "warning names them. Default: from scratch (seeded init).",
 )
 @click.option(
     "-o",

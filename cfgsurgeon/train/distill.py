@@ -23,8 +23,7 @@ from torch import Tensor
 
 from ..errors import UsageError
 from .loss import YoloHead, logistic_loss, squared_loss
-
-MODES = ("soft", "detection")
+from .options import DISTILL_MODES as MODES
 
 
 class Distiller:

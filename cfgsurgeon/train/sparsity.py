@@ -34,9 +34,9 @@ from .. import layers as L
 from ..errors import UsageError
 from ..ir import Graph
 from ..surgery.groups import analyse
+from .options import SPARSITY_SCHEDULES as SCHEDULES
+from .options import SPARSITY_SCOPES as SCOPES
 
-SCOPES = ("normal", "shortcut", "slim", "all")
-SCHEDULES = ("constant", "global-decay", "local-decay", "layer-decay")
 SMALL_GAMMA = 0.01  # the |γ| below which a channel counts as driven to zero in reports
 
 

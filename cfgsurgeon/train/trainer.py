@@ -61,10 +61,9 @@ from . import options as opt
 from .distill import Distiller
 from .loss import YoloLoss, yolo_heads
 from .monitor import DivergenceGuard, EarlyStop, ProgressLines, TrainingStopped, format_duration, plot_history
+from .options import LR_POLICIES, OPTIMIZERS
 from .sparsity import Schedule, SparsityPenalty, fraction_small, plot_gamma_histogram, safe_slim_ratio
 
-OPTIMIZERS = ("sgd", "adam")
-LR_POLICIES = ("constant", "steps", "step", "poly", "cosine")
 POLICY_ALIASES = {"sgdr": "cosine"}  # darknet's SGDR with one cycle is a cosine decay
 DEFAULT_BATCH = 16  # images per step when the cfg's [net] is a test setting (batch=1)
 WARMUP_SHARE = 0.1  # a burn-in taken from the cfg is at most this share of the run

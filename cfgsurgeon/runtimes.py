@@ -90,7 +90,7 @@ def _openvino(graph: Graph, model: Path | None, threads: int | None) -> Runner:
         compiled = _open(
             model, "an OpenVINO IR (.xml) OpenVINO can read", lambda: compile_model(model, threads)
         )
-    _check_outputs(graph, [out.get_any_name() for out in compiled.outputs], model)
+    _check_outputs(graph, [_output_name(out, graph) for out in compiled.outputs], model)
     shape = compiled.inputs[0].get_partial_shape()
     _check_input(graph, [dim.get_length() if dim.is_static else None for dim in shape], model)
     request = compiled.create_infer_request()
@@ -145,6 +145,13 @@ def _tflite(graph: Graph, model: Path | None, threads: int | None) -> Runner:
         )
     _check_input(graph, net.input_shape, model)
     return lambda batch: net(batch, expected)
+
+
+def _output_name(output, graph: Graph) -> str:
+    """The exported name of an OpenVINO output: a head that passes its input on unchanged gives the tensor
+    a second, internal name as well, and ``get_any_name`` may return either."""
+    names = output.get_names()
+    return next((name for name in output_names(graph) if name in names), output.get_any_name())
 
 
 def _check_outputs(graph: Graph, names: list[str], model: Path | None) -> None:

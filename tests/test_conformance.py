@@ -62,29 +62,7 @@ REQUIRES = {
 # the entry goes away when the backend learns the op.
 CANNOT: dict[tuple[str, str], str] = {}
 # Known backend bugs (case, backend) → what goes wrong; xfail strict until fixed.
-_OPENVINO_NAMES = (
-    "runtimes._openvino reads each output's name with get_any_name(): when the head passes its input on "
-    "unchanged, OpenVINO gives that tensor two names ('/blocks.N/Div_output_0' or 'Reshape_1_output_0' and "
-    "'detection_M') and returns the internal one, so the runner refuses a correct model"
-)
-BUGS: dict[tuple[str, str], str] = {
-    ("activation stair", "tf1"): (
-        "tf_ops.stair tests `tf.math.floormod(n, 2) == 0`: in a TF1 graph (not eager) Tensor == is Python "
-        "identity, False, so the frozen graph always takes the odd branch (wrong for even floor(x), "
-        "7.9e-2 of max|stair| on −25…25); tf.equal computes it"
-    ),
-    **{
-        (case, "openvino"): _OPENVINO_NAMES
-        for case in (
-            "local_avgpool 3/2",
-            "local_avgpool padding 3",
-            "local_avgpool 4/4",
-            "local_avgpool 4/4 padding 3",
-            "local_avgpool stride_x 1 stride_y 2",
-            "upsample 3 scale 0.5",
-        )
-    },
-}
+BUGS: dict[tuple[str, str], str] = {}  # (case, backend) → what the backend computes wrongly, until fixed
 
 TREE_TEXT = "a -1\nb -1\nc -1\nd 0\ne 0\nf 2\ng 2\nh 2\n"  # groups: a b c | d e | f g h (8 entries)
 

@@ -80,7 +80,7 @@ def lhtan(x):
 def stair(x):
     n = tf.floor(x)
     half = tf.floor(x / 2)
-    return tf.where(tf.math.floormod(n, 2) == 0, half, (x - n) + half)
+    return tf.where(tf.equal(tf.math.floormod(n, 2), 0), half, (x - n) + half)  # == is identity in TF1 graphs
 
 
 def normalize_channels(x):

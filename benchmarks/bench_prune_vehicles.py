@@ -29,6 +29,7 @@ from bench_vehicles import DATA, cached, log, run_training, scores, stage_coco  
 
 from cfgsurgeon import load_cfg, read_weights, write_cfg, write_weights  # noqa: E402
 from cfgsurgeon.bench import ModelSpec, bench, table_lines  # noqa: E402
+from cfgsurgeon.errors import UsageError  # noqa: E402
 from cfgsurgeon.surgery.target import prune_to_target  # noqa: E402
 from cfgsurgeon.workflow.iterate import IterateSettings, iterate  # noqa: E402
 
@@ -69,7 +70,12 @@ def stage_iterate(start: dict, folder: Path, target: float, step: float, args) -
 def stage_slim(start: dict, folder: Path, bflops: float, epochs: int, args) -> dict:
     graph = load_cfg(Path(start["cfg"]), warn=lambda m: None)
     read_weights(graph, Path(start["weights"]))
-    result = prune_to_target(graph, "slim", target_bflops=bflops / graph.bflops, criterion=args.criterion)
+    share = bflops / graph.bflops
+    try:
+        result = prune_to_target(graph, "slim", target_bflops=share, criterion=args.criterion)
+    except UsageError as refused:  # slim's bound leaves more than the share: past it, as the user would force
+        log(f"{refused}; forcing")
+        result = prune_to_target(graph, "slim", target_bflops=share, criterion=args.criterion, force=True)
     folder.mkdir(parents=True, exist_ok=True)
     write_cfg(result.pruned, folder / "yolov3-tiny.cfg")
     write_weights(result.pruned, folder / "yolov3-tiny.weights")

@@ -78,7 +78,7 @@ class IterateResult:
     @property
     def final(self) -> dict[str, Any]:
         """The last step within the allowed mAP drop."""
-        return next(step for step in reversed(self.steps) if step.get("within_drop", True))
+        return last_within_drop(self.steps)
 
 
 def iterate(
@@ -123,7 +123,7 @@ def iterate(
         stopped = (
             f"stopped at step {len(steps) - 1}: valid mAP@0.5 {last['valid']['mAP50']:.4f} is "
             f"{_drop(last, base):.1%} below the start's {base['valid']['mAP50']:.4f} (max_drop "
-            f"{settings.max_drop:.1%}); the last step within it is step {_final_index(steps)}"
+            f"{settings.max_drop:.1%}); the last step within it is step {last_within_drop(steps)['step']}"
         )
         say(stopped)
     state["stopped"] = stopped
@@ -315,8 +315,9 @@ def _drop(step: dict, base: dict) -> float:
     return 0.0 if start <= 0 else (start - step["valid"]["mAP50"]) / start
 
 
-def _final_index(steps: list[dict]) -> int:
-    return max(step["step"] for step in steps if step["within_drop"])
+def last_within_drop(steps: list[dict]) -> dict:
+    """The last step whose valid mAP@0.5 stayed within the allowed drop (step 0 always does)."""
+    return next(step for step in reversed(steps) if step["within_drop"])
 
 
 def _describe(step: dict, base: dict) -> str:

@@ -3,6 +3,7 @@
 The pipeline reads one way: ``parse`` (text → sections) → ``ir`` (typed graph) → ``surgery`` → ``emit``.
 """
 
+from .api import Model, Report
 from .emit.cfg import cfg_text, write_cfg
 from .errors import CfgError, CfgSurgeonError, CfgSyntaxError, Location, UsageError, WeightsError
 from .ir import Graph, load_cfg, loads_cfg
@@ -16,6 +17,8 @@ __all__ = [
     "CfgSyntaxError",
     "Graph",
     "Location",
+    "Model",
+    "Report",
     "UsageError",
     "WeightsError",
     "WeightsHeader",

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..ir import Graph, load_cfg
+from ..ir import Graph
+
+if TYPE_CHECKING:
+    from ..api import Model
 
 CFG = click.option(
     "--cfg",
@@ -40,13 +44,16 @@ def warn(message: str) -> None:
         click.echo(f"warning: {message}", err=True)
 
 
-def load(cfg: Path, weights: Path | None = None) -> Graph:
-    from ..weights import read_weights
+def load_model(cfg: Path | None, weights: Path | None = None) -> Model:
+    """``Model.load`` with the root's --quiet (cfg warnings on stderr unless given) and --tree."""
+    from ..api import Model
 
-    graph = with_tree(load_cfg(cfg, warn=warn))
-    if weights is not None:
-        read_weights(graph, weights)
-    return graph
+    tree = click.get_current_context().find_root().obj.get("tree")
+    return Model.load(cfg, weights, tree=tree, warn=warn)
+
+
+def load(cfg: Path, weights: Path | None = None) -> Graph:
+    return load_model(cfg, weights).graph
 
 
 def with_tree(graph: Graph) -> Graph:

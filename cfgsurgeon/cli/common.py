@@ -69,6 +69,7 @@ FLAGS = {
     "calibration": "--calibration",
     "cfg_path": "--cfg",
     "classes": "--classes",
+    "data": "--data",
     "fine_tune": "--fine-tune",
     "format": "--format",
     "method": "--method",

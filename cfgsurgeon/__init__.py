@@ -7,9 +7,8 @@ from .api import Model, Report
 from .emit.cfg import cfg_text, write_cfg
 from .errors import CfgError, CfgSurgeonError, CfgSyntaxError, Location, UsageError, WeightsError
 from .ir import Graph, load_cfg, loads_cfg
+from .version import __version__ as __version__
 from .weights import WeightsHeader, read_weights, write_weights
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CfgError",

@@ -166,7 +166,7 @@ class TF1Emitter:
 
     # -- the file's parts ----------------------------------------------------------------------------------
     def _preamble(self) -> str:
-        from .. import __version__
+        from ..version import __version__
 
         graph = self.graph
         c, h, w = graph.input_shape

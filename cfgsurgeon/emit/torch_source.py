@@ -242,7 +242,7 @@ class TorchSourceEmitter:
     # -- the file's parts ----------------------------------------------------------------------------------
     def _preamble(self, body: str) -> str:
         """The docstring and the imports the ``body`` uses."""
-        from .. import __version__
+        from ..version import __version__
 
         graph = self.graph
         c, h, w = graph.input_shape

@@ -106,6 +106,18 @@ class Planner:
         """Params and BFLOPs of the graph pruned by ``rates`` (exact, from the widths)."""
         return self.cost(self.keep(rates))
 
+    def removed_channels(self, rates: Mapping[str, float]) -> dict[int, list[int]]:
+        """Producer layer → the output channels the plan ``rates`` removes from it (ascending): what
+        prune-aware training fades before :func:`prune_units` cuts them."""
+        keep = self.keep(rates)
+        removed: dict[int, set[int]] = {}
+        for group in self.analysis.groups:
+            units, producers, channels = group.member_channels
+            gone = ~keep[units]
+            for producer, channel in zip(producers[gone].tolist(), channels[gone].tolist(), strict=True):
+                removed.setdefault(producer, set()).add(channel)
+        return {layer: sorted(channels) for layer, channels in sorted(removed.items())}
+
 
 def prune_units(
     graph: Graph,

@@ -145,6 +145,40 @@ class SparsityPenalty:
             gamma.grad.add_(s * torch.sign(gamma.detach()))
 
 
+class ChannelFade:
+    """Prune-aware training: the BN γ of chosen channels (``channels``: layer index → channel indices, e.g.
+    :meth:`~cfgsurgeon.surgery.plan.Planner.removed_channels` of a plan) shrink linearly to 0 over the run.
+
+    Each such channel then outputs its activated BN bias, a constant that pruning folds into the consumers
+    exactly (but at zero-padded borders), while the rest of the network learns to do without it — so the
+    plan's prune right after the run costs (almost) nothing, instead of the whole loss at once.
+    """
+
+    def __init__(self, model: nn.Module, graph: Graph, channels: dict[int, list[int]]):
+        self.targets: list[tuple[nn.Module, Tensor]] = []
+        for index, chosen in sorted(channels.items()):
+            width = _bn_width(graph.layers[index]) if 0 <= index < len(graph.layers) else 0
+            if not width or _shares(graph.layers[index]):
+                raise UsageError(f"fade: layer {index} has no batch-normalised channels of its own")
+            if chosen and not all(0 <= c < width for c in chosen):
+                raise UsageError(f"fade: layer {index} has {width} channels, asked to fade {max(chosen)}")
+            self.targets.append((batchnorm_of(model, index), torch.as_tensor(chosen, dtype=torch.long)))
+
+    @property
+    def channels(self) -> int:
+        return sum(len(chosen) for _, chosen in self.targets)
+
+    def apply(self, step: int, total: int) -> None:
+        """After optimizer step ``step`` (0-based) of ``total``: the faded γ × (total−step−1)/(total−step), a
+        linear fade (training aside, (total−step−1)/total of their size), exactly 0 after the last step."""
+        if not self.targets or step >= total:
+            return
+        factor = (total - step - 1) / (total - step)
+        with torch.no_grad():
+            for bn, chosen in self.targets:
+                bn.weight[chosen.to(bn.weight.device)] *= factor
+
+
 def fraction_small(values: np.ndarray, limit: float = SMALL_GAMMA) -> float:
     return float((np.abs(values) < limit).mean()) if len(values) else 0.0
 

@@ -62,7 +62,14 @@ from .distill import Distiller
 from .loss import YoloLoss, yolo_heads
 from .monitor import DivergenceGuard, EarlyStop, ProgressLines, TrainingStopped, format_duration, plot_history
 from .options import LR_POLICIES, OPTIMIZERS
-from .sparsity import Schedule, SparsityPenalty, fraction_small, plot_gamma_histogram, safe_slim_ratio
+from .sparsity import (
+    ChannelFade,
+    Schedule,
+    SparsityPenalty,
+    fraction_small,
+    plot_gamma_histogram,
+    safe_slim_ratio,
+)
 
 POLICY_ALIASES = {"sgdr": "cosine"}  # darknet's SGDR with one cycle is a cosine decay
 DEFAULT_BATCH = 16  # images per step when the cfg's [net] is a test setting (batch=1)
@@ -97,6 +104,7 @@ class TrainConfig:
     sparsity_scope: str = "slim"  # normal | shortcut | slim | all (which BN layers are penalised)
     sparsity_decay_start: float = 0.5  # share of the run after which the decaying schedules decay
     sparsity_protect: float = 0.3  # local-decay: share of penalised channels (largest |γ|) spared
+    fade: dict[int, list[int]] | None = None  # layer → BN channels whose γ shrink linearly to 0 (ChannelFade)
     teacher_cfg: Path | None = None
     teacher_weights: Path | None = None
     distill: str = "soft"  # soft | detection
@@ -521,6 +529,7 @@ class _Run:
                 protect=config.sparsity_protect,
             ),
         )
+        self.fade = ChannelFade(self.model, self.graph, config.fade or {})
         self.optimizer = make_optimizer(self.model, self.graph, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
         self.teacher, self.distiller = self._teacher()
@@ -675,6 +684,11 @@ class _Run:
                 f"sparsity: s={self.penalty.schedule.strength:g} ({self.penalty.schedule.kind}) on the γ of "
                 f"{channels} BN channels in {len(self.penalty.targets)} layers (scope {self.penalty.scope})"
             )
+        if self.fade.targets:
+            lines.append(
+                f"fade: the γ of {self.fade.channels} BN channels in {len(self.fade.targets)} layers shrink "
+                "linearly to 0 over the run (prune-aware training)"
+            )
         if self.state.step:
             lines.append(f"resuming at epoch {self.state.epoch + 1}, step {self.state.step}")
         return lines
@@ -714,6 +728,7 @@ class _Run:
             if state.step >= total:
                 break
             lr = self._step(images, targets, parts, state.step / total)
+            self.fade.apply(state.step, total)
             sums += self._last_parts
             count += 1
             loss = float(self._last_parts[0])

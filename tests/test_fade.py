@@ -1,0 +1,57 @@
+"""Prune-aware training: the channels a plan removes (``Planner.removed_channels``) and their BN γ faded to
+exactly 0 by the trainer (``TrainConfig.fade``), so that the plan's prune afterwards changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import nano_config
+from test_plan import PLANNED
+from test_prune import model, outputs, random_input, rel_error
+
+from cfgsurgeon.errors import UsageError
+from cfgsurgeon.ir import load_cfg
+from cfgsurgeon.surgery.plan import Planner, prune_units
+from cfgsurgeon.train.trainer import train
+
+
+def test_removed_channels_are_each_units_smallest_gammas():
+    graph = model(*PLANNED)
+    removed = Planner(graph).removed_channels({"1": 0.5, "4": 0.3})
+    smallest = {
+        index: sorted(np.argsort(np.abs(graph.layers[index].weights["scales"]))[:count].tolist())
+        for index, count in ((1, 6), (4, 3))  # round(0.5 · 12), round(0.3 · 10)
+    }
+    assert removed == smallest
+
+
+def test_a_plan_pruning_faded_channels_changes_no_output():
+    graph = model(*PLANNED)
+    rates = {"1": 0.5, "4": 0.3}
+    for index, chosen in Planner(graph).removed_channels(rates).items():
+        graph.layers[index].weights["scales"][chosen] = 0.0  # what a finished fade leaves
+    pruned = prune_units(graph, rates).pruned
+    assert [layer.out_shape[0] for layer in pruned.layers[:7]] == [16, 6, 16, 16, 7, 13, 8]
+    x = random_input(graph)
+    assert rel_error(outputs(pruned, x), outputs(graph, x)) < 1e-5
+
+
+def test_fade_leaves_exact_zeros(nano, tmp_path):
+    graph = load_cfg(nano[0], warn=lambda message: None)
+    fade = {0: [0, 2, 5], 2: [1, 3]}
+    lines: list[str] = []
+    trained = train(nano_config(nano, tmp_path / "run", fade=fade, seed=3), log=lines.append).graph
+    assert any(line.startswith("fade: the γ of 5 BN channels in 2 layers") for line in lines)
+    for index, chosen in fade.items():
+        scales = trained.layers[index].weights["scales"]
+        assert np.all(scales[chosen] == 0.0)
+        others = np.delete(scales, chosen)
+        assert np.all(others != 0.0)
+    assert len(graph.layers) == len(trained.layers)
+
+
+def test_fade_refuses_a_layer_without_batch_norm(nano, tmp_path):
+    graph = load_cfg(nano[0], warn=lambda message: None)
+    plain = next(layer.index for layer in graph.layers if not getattr(layer, "batch_normalize", 1))
+    with pytest.raises(UsageError, match=f"fade: layer {plain} has no batch-normalised channels"):
+        train(nano_config(nano, tmp_path / "run", fade={plain: [0]}), log=lambda line: None)

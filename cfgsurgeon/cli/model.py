@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import UsageError
-from ..files import refuse_overwrite
 from . import main
-from .common import CFG, JSON_TABLE, WEIGHTS, load, warn, with_tree
+from .common import CFG, JSON_TABLE, WEIGHTS, load_model, warn, with_tree
+
+if TYPE_CHECKING:
+    from ..api import Model
 
 
 @main.command()
@@ -22,13 +24,8 @@ def inspect(cfg: Path, weights: Path | None, as_json: bool) -> None:
 
     With --weights, also the |γ| statistics of every batch-normalised layer (what channel pruning looks at).
     """
-    from ..summary import graph_summary, table_lines
-
-    graph = load(cfg, weights)
-    if as_json:
-        click.echo(json.dumps(graph_summary(graph)))
-    else:
-        click.echo("\n".join(table_lines(graph, with_gamma=weights is not None)))
+    summary = load_model(cfg, weights).summary()
+    click.echo(summary.json() if as_json else summary)
 
 
 @main.command()
@@ -44,19 +41,7 @@ def inspect(cfg: Path, weights: Path | None, as_json: bool) -> None:
 )
 def rewrite(cfg: Path, weights: Path | None, outdir: Path) -> None:
     """Parse and write the model again (the identity surgery): normalises a cfg and checks the writers."""
-    from ..emit.cfg import write_cfg
-    from ..weights import write_weights
-
-    graph = load(cfg, weights)
-    outdir.mkdir(parents=True, exist_ok=True)
-    out_cfg = outdir / f"{cfg.stem}.cfg"
-    out_weights = outdir / f"{(weights or cfg).stem}.weights"
-    refuse_overwrite([out_cfg, out_weights], [cfg, weights])
-    write_cfg(graph, out_cfg)
-    click.echo(f"wrote {out_cfg}")
-    if weights is not None:
-        size = write_weights(graph, out_weights)
-        click.echo(f"wrote {out_weights} ({size:,} bytes)")
+    click.echo(load_model(cfg, weights).save(outdir))
 
 
 @main.command()
@@ -97,34 +82,8 @@ def retarget(
     kept. New classes that match an old one by name inherit its weights, so the model scores them as before
     (e.g. COCO's yolov3-tiny → bus/car/motorbike/truck); the others start from small random weights. The
     written .weights count seen=0, so darknet fine-tunes them with its burn-in."""
-    from ..emit.cfg import write_cfg
-    from ..images import load_names
-    from ..surgery.retarget import match_classes
-    from ..surgery.retarget import retarget as retarget_graph
-    from ..weights import WeightsHeader, write_weights
-
-    new_names = load_names(names) if names is not None else None
-    classes = classes if classes is not None else len(new_names) if new_names else None
-    if classes is None:
-        raise UsageError("give --classes N or --names FILE")
-    if old_names is not None and new_names is None:
-        raise UsageError("--old-names needs --names (the new classes are matched by name)")
-    sources = match_classes(new_names[:classes], load_names(old_names)) if old_names and new_names else None
-    if sources is not None:
-        sources += [None] * (classes - len(sources))
-    graph = retarget_graph(load(cfg, weights), classes, sources, seed)
-    outdir.mkdir(parents=True, exist_ok=True)
-    out_cfg, out_weights = outdir / f"{cfg.stem}.cfg", outdir / f"{(weights or cfg).stem}.weights"
-    refuse_overwrite([out_cfg, out_weights], [cfg, weights, names, old_names])
-    write_cfg(graph, out_cfg)
-    click.echo(f"wrote {out_cfg} ({classes} classes)")
-    if sources is not None and new_names is not None:
-        kept = [f"{new_names[k]} <- {s}" for k, s in enumerate(sources) if s is not None]
-        click.echo(f"inherited: {', '.join(kept) or 'none'}; initialised afresh: {sources.count(None)}")
-    if weights is not None:
-        old = graph.weights_header or WeightsHeader()
-        size = write_weights(graph, out_weights, WeightsHeader(old.major, old.minor, old.revision, 0))
-        click.echo(f"wrote {out_weights} ({size:,} bytes, seen=0)")
+    model = load_model(cfg, weights)
+    click.echo(model.retarget(classes, names=names, old_names=old_names, seed=seed).save(outdir))
 
 
 @main.command()
@@ -152,16 +111,7 @@ def init(cfg: Path, output: Path, seed: int, dead_fraction: float) -> None:
     so the model behaves like a trained one numerically: for tests, benchmarks, or trying the tool without
     a trained model.
     """
-    from ..randinit import random_weights
-    from ..weights import write_weights
-
-    graph = load(cfg)
-    if output.suffix != ".weights":
-        raise UsageError(f"output {output} should end in .weights")
-    refuse_overwrite([output], [cfg])
-    random_weights(graph, seed=seed, dead_fraction=dead_fraction)
-    size = write_weights(graph, output)
-    click.echo(f"wrote {output} ({size:,} bytes, {graph.params:,} floats, seed {seed})")
+    click.echo(load_model(cfg).init_weights(seed=seed, dead_fraction=dead_fraction).save(output))
 
 
 @main.command()
@@ -207,17 +157,21 @@ def convert(cfg: Path | None, weights: Path | None, checkpoint: Path | None, out
     Checkpoints are read with torch.load(weights_only=True): files that pickle Python objects (a whole
     model, a custom class) are refused with instructions to re-save the state_dict; no code from a file runs.
     """
-    from ..convert import check_output_suffix, load_checkpoint, write_model
+    from ..convert import check_output_suffix
 
     if (weights is None) == (checkpoint is None):
         raise UsageError("give exactly one input: --weights (with --cfg) or --checkpoint")
     check_output_suffix(output)
-    refuse_overwrite([output], [cfg, weights, checkpoint])
-    if weights is not None:
-        if cfg is None:
-            raise UsageError("--weights needs --cfg (a .weights file does not describe its network)")
-        graph = load(cfg, weights)
-    else:
-        graph = with_tree(load_checkpoint(checkpoint, cfg, warn=warn))
-    size = write_model(graph, output)
-    click.echo(f"wrote {output} ({size:,} bytes, {graph.params:,} floats)")
+    if weights is not None and cfg is None:
+        raise UsageError("--weights needs --cfg (a .weights file does not describe its network)")
+    model = load_model(cfg, weights) if weights is not None else _load_checkpoint(cfg, checkpoint)
+    click.echo(model.write(output))
+
+
+def _load_checkpoint(cfg: Path | None, checkpoint: Path) -> Model:
+    """A checkpoint whatever its suffix (``Model.load`` reads a checkpoint only from a ``.pt`` path, and
+    eriklindernoren-style checkpoints end in ``.pth``)."""
+    from ..api import Model
+    from ..convert import load_checkpoint
+
+    return Model(with_tree(load_checkpoint(checkpoint, cfg, warn=warn)), cfg, checkpoint)

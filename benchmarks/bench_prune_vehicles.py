@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,8 +31,10 @@ from bench_vehicles import DATA, cached, log, run_training, scores, stage_coco  
 from cfgsurgeon import load_cfg, read_weights, write_cfg, write_weights  # noqa: E402
 from cfgsurgeon.bench import ModelSpec, bench, table_lines  # noqa: E402
 from cfgsurgeon.errors import UsageError  # noqa: E402
+from cfgsurgeon.surgery.plan import Planner, make_plan, prune_units  # noqa: E402
 from cfgsurgeon.surgery.target import prune_to_target  # noqa: E402
 from cfgsurgeon.workflow.iterate import IterateSettings, iterate  # noqa: E402
+from cfgsurgeon.workflow.sensitivity import sensitivity  # noqa: E402
 
 
 def baseline(out: Path, args) -> dict:
@@ -64,6 +67,46 @@ def stage_iterate(start: dict, folder: Path, target: float, step: float, args) -
     ]
     row["stopped"] = result.stopped
     row["epochs"] = args.epochs_per_step * (len(result.steps) - 1) + args.final_epochs
+    return row
+
+
+def stage_fade(start: dict, folder: Path, target: float, args) -> dict:
+    """sensitivity → plan → prune-aware training (the plan's channels fade to 0 over ``--fade-epochs``) →
+    the plan's prune (now nearly free) → ``--finetune-epochs`` of fine-tuning; ``target``: share of
+    ``start``'s BFLOPs. Wall and CPU time of the whole recipe are recorded."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    graph = load_cfg(Path(start["cfg"]), warn=lambda m: None)
+    read_weights(graph, Path(start["weights"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    analysis = sensitivity(
+        graph,
+        DATA,
+        rates=args.rates,
+        criterion=args.criterion,
+        images=args.images,
+        proxy=not args.map_analysis,
+        state=folder / "sensitivity.json",
+        warn=log,
+    )
+    plan = make_plan(analysis, graph, target_bflops=target, round_to=args.round_to)
+    channels = Planner(graph, plan["criterion"], plan["round_to"]).removed_channels(plan["rates"])
+    log(
+        f"plan: {plan['rates']}; fading {sum(map(len, channels.values()))} channels in {len(channels)} layers"
+    )
+    faded = run_training(
+        start, folder / "fade", args, args.fade_epochs, final=True, fade=channels, max_map_drop=1.0
+    )
+    graph = load_cfg(Path(faded["cfg"]), warn=lambda m: None)
+    read_weights(graph, Path(faded["weights"]))
+    result = prune_units(graph, plan["rates"], plan["criterion"], plan["round_to"])
+    (folder / "pruned").mkdir(exist_ok=True)
+    write_cfg(result.pruned, folder / "pruned" / "yolov3-tiny.cfg")
+    write_weights(result.pruned, folder / "pruned" / "yolov3-tiny.weights")
+    pruned = scores(folder / "pruned" / "yolov3-tiny.cfg", folder / "pruned" / "yolov3-tiny.weights")
+    row = run_training(pruned, folder / "finetune", args, args.finetune_epochs)
+    row.update(plan=plan["rates"], faded=faded, pruned=pruned, epochs=args.fade_epochs + args.finetune_epochs)
+    row["recipe_seconds"] = round(time.perf_counter() - wall, 1)
+    row["recipe_cpu_seconds"] = round(time.process_time() - cpu, 1)
     return row
 
 
@@ -153,37 +196,59 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-second", action="store_true")
     parser.add_argument("--no-distill", dest="distill", action="store_false")
+    parser.add_argument(
+        "--recipe",
+        choices=("fade", "iterate"),
+        default="fade",
+        help="fade: sensitivity → plan → prune-aware training → prune → fine-tune; iterate: the iterate loop",
+    )
+    parser.add_argument("--fade-epochs", type=int, default=6)
+    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--round-to", type=int, default=1)
     args = parser.parse_args()
     out = args.out
     base = baseline(out, args)
-    first = cached(
-        out / "iterate-50.json", lambda: stage_iterate(base, out / "iterate-50", args.target, args.step, args)
-    )
-    rows = [("fine-tuned baseline", base), (f"iterate to {args.target:.0%}", first)]
+    recipe = args.recipe
+    slim_tag = "slim" if recipe == "iterate" else f"slim-{recipe}"  # iterate's files keep their first names
+
+    def reduce(start: dict, tag: str, share: float, step: float) -> dict:
+        if recipe == "fade":
+            return stage_fade(start, out / tag, share, args)
+        return stage_iterate(start, out / tag, share, step, args)
+
+    first = cached(out / f"{recipe}-50.json", lambda: reduce(base, f"{recipe}-50", args.target, args.step))
+    rows = [("fine-tuned baseline", base), (f"{recipe} to {args.target:.0%}", first)]
     slim = cached(
-        out / "slim-50.json",
-        lambda: stage_slim(base, out / "slim-50", first["bflops"], first["epochs"], args),
+        out / f"{slim_tag}-50.json",
+        lambda: stage_slim(base, out / f"{slim_tag}-50", first["bflops"], first["epochs"], args),
     )
     rows.append((f"uniform slim, same BFLOPs, {first['epochs']} epochs", slim))
     if not args.skip_second:
         share = args.second_target * base["bflops"] / first["bflops"]
         second = cached(
-            out / "iterate-30.json",
-            lambda: stage_iterate(first, out / "iterate-30", share, min(args.step * 2, 1 - share), args),
+            out / f"{recipe}-30.json",
+            lambda: reduce(first, f"{recipe}-30", share, min(args.step * 2, 1 - share)),
         )
         second_epochs = first["epochs"] + second["epochs"]
-        rows.append((f"iterate to {args.second_target:.0%}", second))
+        rows.append((f"{recipe} to {args.second_target:.0%}", second))
         slim2 = cached(
-            out / "slim-30.json",
-            lambda: stage_slim(base, out / "slim-30", second["bflops"], second_epochs, args),
+            out / f"{slim_tag}-30.json",
+            lambda: stage_slim(base, out / f"{slim_tag}-30", second["bflops"], second_epochs, args),
         )
         rows.append((f"uniform slim, same BFLOPs, {second_epochs} epochs", slim2))
-    ms = cached(out / "latency.json", lambda: latency(rows, args.backend))
+    latency_file = "latency.json" if recipe == "iterate" else f"latency-{recipe}.json"
+    ms = cached(out / latency_file, lambda: latency(rows, args.backend))
     print("\n".join(table(rows, base, ms)))
     for name, row in rows[1:]:
         print(
             f"{name}: test mAP@0.5 {row['test']['mAP50'] / base['test']['mAP50']:.3f}× the baseline at "
             f"{row['bflops'] / base['bflops']:.3f}× its BFLOPs"
+            + (
+                f"; the recipe took {row['recipe_cpu_seconds'] / 60:.1f} CPU-minutes, "
+                f"{row['recipe_seconds'] / 60:.1f} minutes"
+                if "recipe_seconds" in row
+                else ""
+            )
         )
 
 

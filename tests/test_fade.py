@@ -11,7 +11,7 @@ from test_prune import model, outputs, random_input, rel_error
 
 from cfgsurgeon.errors import UsageError
 from cfgsurgeon.ir import load_cfg
-from cfgsurgeon.surgery.plan import Planner, prune_units
+from cfgsurgeon.surgery.plan import Planner, plan_channels, prune_units
 from cfgsurgeon.train.trainer import train
 
 
@@ -23,6 +23,15 @@ def test_removed_channels_are_each_units_smallest_gammas():
         for index, count in ((1, 6), (4, 3))  # round(0.5 · 12), round(0.3 · 10)
     }
     assert removed == smallest
+    plan = {"rates": {"1": 0.5, "4": 0.3}, "criterion": "l1", "round_to": 4, "normalize": "none"}
+    l1 = {
+        index: np.abs(graph.layers[index].weights["weights"]).reshape(width, -1).sum(1)
+        for index, width in ((1, 12), (4, 10))
+    }
+    assert plan_channels(graph, plan) == {
+        1: sorted(np.argsort(l1[1])[:4].tolist()),
+        4: sorted(np.argsort(l1[4])[:2].tolist()),
+    }
 
 
 def test_a_plan_pruning_faded_channels_changes_no_output():

@@ -119,6 +119,14 @@ class Planner:
         return {layer: sorted(channels) for layer, channels in sorted(removed.items())}
 
 
+def plan_channels(graph: Graph, plan: Mapping[str, Any]) -> dict[int, list[int]]:
+    """Producer layer → the output channels that ``plan`` (``{"rates": …}`` as :func:`make_plan` writes it,
+    with its criterion, width policy and normalisation) removes from ``graph``."""
+    criterion, round_to = plan.get("criterion", "bn-gamma"), plan.get("round_to", 1)
+    planner = Planner(graph, criterion, round_to, normalize=plan.get("normalize", "auto"))
+    return planner.removed_channels(plan["rates"])
+
+
 def prune_units(
     graph: Graph,
     rates: Mapping[str, float],

@@ -241,6 +241,11 @@ class _PruneRequest:
         return channel
 
     @property
+    def by_ratio(self) -> dict[str, Any]:
+        """Everything a global selection by ``percent`` or ``threshold`` takes."""
+        return {"percent": self.percent, "threshold": self.threshold, **self.channel, **self.options}
+
+    @property
     def plan_settings(self) -> dict[str, Any]:
         """A plan's own criterion, width policy and normalisation, unless the request sets them."""
         assert self.plan is not None
@@ -261,8 +266,7 @@ class _PruneRequest:
         if self.has_target:
             targets = {"target_bflops": self.target_bflops, "target_params": self.target_params}
             return prune_to_target(graph, self.method, **targets, **self.channel, **self.options)
-        request = {"percent": self.percent, "threshold": self.threshold, **self.channel, **self.options}
-        return prune(graph, self.method, **request)
+        return prune(graph, self.method, **self.by_ratio)
 
     def preview(self, graph: Graph) -> Preview:
         from ..surgery.plan import Planner
@@ -272,8 +276,7 @@ class _PruneRequest:
             planner = Planner(graph, **self.plan_settings)
             return Preview(preview(graph, planner.analysis, planner.scores, planner.keep(self.plan["rates"])))
         if not self.has_target:
-            request = {"percent": self.percent, "threshold": self.threshold, **self.channel, **self.options}
-            return Preview(dry_run(graph, self.method, **request))
+            return Preview(dry_run(graph, self.method, **self.by_ratio))
         result = self.prune(graph)
         if self.method == "layer":
             return Preview(None, result.target, result.warnings, result.removed_shortcuts)

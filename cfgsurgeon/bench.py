@@ -42,6 +42,21 @@ class ModelSpec:
     cfg: Path
     weights: Path | None = None
 
+    @property
+    def random_weights(self) -> bool:
+        return self.weights is None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model already in memory: its graph (left untouched: measured on a copy when resized or given random
+    weights) and the cfg and weights the report names; ``random_weights``: the graph has none of its own."""
+
+    graph: Graph
+    cfg: str
+    weights: str | None
+    random_weights: bool
+
 
 def default_threads() -> int:
     """Every CPU this process may run on (the affinity mask, not the machine's count)."""
@@ -51,19 +66,36 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def prepare_graph(spec: ModelSpec, size: int | None, seed: int = 0, warn: Warn = lambda _: None) -> Graph:
+def prepare_graph(
+    spec: ModelSpec | LoadedModel, size: int | None, seed: int = 0, warn: Warn = lambda _: None
+) -> Graph:
     """Load the cfg (and weights), set a square input of ``size`` when given, draw random weights if none."""
     from .randinit import random_weights
+
+    if isinstance(spec, LoadedModel):
+        graph = spec.graph
+        if _resizes(graph, size) or spec.random_weights:
+            graph = graph.clone()  # the caller's model stays as it is
+    else:
+        graph = _load(spec, warn)
+    if _resizes(graph, size):
+        graph.net.width = graph.net.height = size
+        graph.infer()
+    if spec.random_weights:
+        random_weights(graph, seed=seed)  # after resizing: BN statistics are those of this input size
+    return graph
+
+
+def _resizes(graph: Graph, size: int | None) -> bool:
+    return size is not None and (graph.net.width, graph.net.height) != (size, size)
+
+
+def _load(spec: ModelSpec, warn: Warn) -> Graph:
     from .weights import read_weights
 
     graph = load_cfg(spec.cfg, warn=warn)
     if spec.weights is not None:
         read_weights(graph, spec.weights)
-    if size is not None and (graph.net.width, graph.net.height) != (size, size):
-        graph.net.width = graph.net.height = size
-        graph.infer()
-    if spec.weights is None:
-        random_weights(graph, seed=seed)  # after resizing: BN statistics are those of this input size
     return graph
 
 
@@ -212,7 +244,7 @@ def backend_version(backend: str) -> str | None:
 
 
 def bench(
-    specs: Sequence[ModelSpec],
+    specs: Sequence[ModelSpec | LoadedModel],
     backend: str = "torch",
     size: int | None = 416,
     runs: int = 50,
@@ -241,7 +273,7 @@ def bench(
             {
                 "cfg": str(spec.cfg),
                 "weights": str(spec.weights) if spec.weights is not None else None,
-                "random_weights": spec.weights is None,
+                "random_weights": spec.random_weights,
                 "input": list(graph.input_shape),
                 "bflops": graph.bflops,
                 "params": graph.params,
@@ -251,7 +283,7 @@ def bench(
             graphs.append(graph)
         else:
             models[-1].update(
-                measure(graph, backend, runs, warmup, threads, batch, seed, progress, spec.cfg.name)
+                measure(graph, backend, runs, warmup, threads, batch, seed, progress, Path(spec.cfg).name)
             )
     if interleave:
         for model, figures in zip(
@@ -295,7 +327,7 @@ def table_lines(report: dict[str, Any]) -> list[str]:
         f"{'img/s':>9}{'×latency':>10}{'×BFLOPs':>9}{'×params':>9}",
     ]
     for model in report["models"]:
-        name = Path(model["cfg"]).name + ("" if model["weights"] else " (random)")
+        name = Path(model["cfg"]).name + (" (random)" if model["random_weights"] else "")
         c, h, w = model["input"]
         ratios = model["ratios"]
         lines.append(

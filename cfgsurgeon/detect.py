@@ -47,6 +47,12 @@ class Detection:
     box: tuple[float, float, float, float]
 
     @property
+    def corners(self) -> tuple[float, float, float, float]:
+        """The box as ``(x1, y1, x2, y2)``: its left, top, right and bottom edges in pixels of the photo."""
+        left, top, width, height = self.box
+        return (left, top, left + width, top + height)
+
+    @property
     def rounded_box(self) -> tuple[int | None, ...]:
         """The box as darknet prints it (C ``round``: halves away from zero); None for inf or nan."""
         return tuple(int(_c_round(v)) if math.isfinite(v) else None for v in self.box)
@@ -105,9 +111,14 @@ def detect_image(
     return ImageResult(Path(path), size, millis, found)
 
 
+def class_count(graph: Graph) -> int:
+    """The number of classes of the model's detection heads (refused when they disagree)."""
+    return _common_classes(head_layers(graph))
+
+
 def check_names(graph: Graph, names: list[str], source: str | Path, warn: Callable[[str], None]) -> list[str]:
     """Refuse a names file with fewer names than the model has classes; warn when it has more."""
-    classes = _common_classes(head_layers(graph))
+    classes = class_count(graph)
     if len(names) < classes:
         raise UsageError(f"{len(names)} class names, but the model has {classes} classes", str(source))
     if len(names) > classes:
@@ -115,12 +126,18 @@ def check_names(graph: Graph, names: list[str], source: str | Path, warn: Callab
     return names
 
 
-def output_paths(images: Sequence[Path], outdir: Path) -> list[Path]:
-    """``outdir/<stem>.png`` per photo; refuses missing photos and two photos drawn to one file."""
-    outputs: dict[Path, Path] = {}
+def check_images(images: Sequence[Path]) -> None:
+    """Refuse a photo that is not a file (before a model is loaded to look at it)."""
     for image in images:
         if not Path(image).is_file():
             raise UsageError("no such image file", str(image))
+
+
+def output_paths(images: Sequence[Path], outdir: Path) -> list[Path]:
+    """``outdir/<stem>.png`` per photo; refuses missing photos and two photos drawn to one file."""
+    check_images(images)
+    outputs: dict[Path, Path] = {}
+    for image in images:
         out = Path(outdir) / f"{Path(image).stem}.png"
         if out in outputs:
             raise UsageError(

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ..errors import UsageError
-from ..files import refuse_overwrite
 from ..runtimes import BACKENDS
 from ..train.options import SPLITS
 from . import main
-from .common import CFG, JSON_TABLE, WEIGHTS_REQUIRED, load, warn
+from .common import CFG, JSON_TABLE, WEIGHTS_REQUIRED, load_model, warn
 
 
 @main.command()
@@ -84,28 +81,20 @@ def detect(
     the boxes drawn. The photo is resized to the network size (letterboxed only with [net] letter_box=1),
     NMS is darknet's (IoU 0.45, or the last head's nms_kind).
     """
-    from ..detect import check_names, detect_image, draw, format_darknet, output_paths, to_json
-    from ..images import load_names
-    from ..runtimes import make_runner
+    from ..detect import check_images
 
-    outputs = output_paths(images, outdir)
-    refuse_overwrite(outputs, [*images, cfg, weights, names])
-    graph = load(cfg, weights)
-    class_names = check_names(graph, load_names(names), names, warn)
-    runner = make_runner(graph, backend, model)
-    outdir.mkdir(parents=True, exist_ok=True)
-    found: list[dict] = []
-    for image, out_png in zip(images, outputs, strict=True):
-        result = detect_image(graph, runner, image, class_names, thresh)
-        click.echo(f"{image}: Predicted in {result.millis:.3f} ms.", err=as_json)
-        if as_json:
-            found.extend(to_json(str(image), result.detections))
-        else:
-            for line in format_darknet(result.detections):
-                click.echo(line)
-        draw(image, result.detections, out_png, classes=len(class_names))
+    check_images(images)  # a missing photo is named before the model is loaded
+    report = load_model(cfg, weights).detect(
+        images, names=names, thresh=thresh, backend=backend, model=model, output=outdir
+    )
+    for message in report.warnings:
+        warn(message)
     if as_json:
-        click.echo(json.dumps(found))
+        for line in report.timing_lines():
+            click.echo(line, err=True)
+        click.echo(report.json())
+    else:
+        click.echo(str(report))
 
 
 @main.command(name="eval")
@@ -196,24 +185,20 @@ def eval_command(
     aspect ratio; stderr says which, shows a progress bar on a terminal and the time taken (--json puts
     both in the JSON object instead). A split where no image has a label file is an error.
     """
-    try:
-        from ..train.evaluate import Preparation, evaluate_data, save_coco_json, save_darknet_txt
-    except ImportError as exc:
-        raise UsageError(f"eval needs the package '{exc.name}': pip install 'cfgsurgeon[torch]'") from None
-    if save_json is not None:
-        refuse_overwrite([save_json], [cfg, weights, data])
-    graph = load(cfg, weights)
-    report = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
-    report(Preparation.of(graph).describe())
-    result = evaluate_data(
-        graph, data, split, thresh, iou, pr_thresh, batch, warn=warn, classes=classes, progress=True
+    report = load_model(cfg, weights).evaluate(
+        data,
+        split=split,
+        thresh=thresh,
+        iou=iou,
+        pr_thresh=pr_thresh,
+        batch=batch,
+        classes=classes,
+        all_classes=all_classes,
+        save_json=save_json,
+        save_txt=save_txt,
+        progress=True,
+        log=None if as_json else (lambda line: click.echo(line, err=True)),
     )
-    report(result.timing_line())
-    if save_json is not None:
-        report(f"wrote {save_coco_json(result, save_json)}")
-    if save_txt is not None:
-        report(f"wrote {len(save_darknet_txt(result, save_txt))} files to {save_txt}")
-    if as_json:
-        click.echo(json.dumps(result.to_dict()))
-    else:
-        click.echo("\n".join(result.metrics.table_lines(all_classes=all_classes)))
+    for message in report.warnings:
+        warn(message)
+    click.echo(report.json() if as_json else str(report))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,10 +9,9 @@ import click
 from ..emit.formats import EXPORT_FORMATS
 from ..emit.quantization import QUANTIZE
 from ..errors import UsageError
-from ..files import refuse_overwrite
 from ..runtimes import BENCH_BACKENDS
 from . import main
-from .common import CFG, JSON_TABLE, WEIGHTS, load, warn
+from .common import CFG, JSON_TABLE, WEIGHTS, load_model, warn
 
 
 @main.command()
@@ -80,14 +78,19 @@ def export(
     onnxruntime|openvino|tf1|keras|tflite --model FILE` decodes them into boxes exactly as for the torch
     backend (for tf1, FILE is the frozen .pb that the generated .py writes).
     """
-    from ..emit.formats import ExportOptions, check_export
-    from ..emit.formats import export as export_model
+    from ..emit.formats import check_export
 
-    check_export(fmt, output, with_weights=weights is not None)
-    refuse_overwrite([output], [cfg, weights, calibration])
-    options = ExportOptions(fp16, dynamic_batch, quantize, calibration, num_calibration_images)
-    note = export_model(load(cfg, weights), fmt, output, options)
-    click.echo(f"wrote {output} ({fmt}); {note}")
+    check_export(fmt, output, with_weights=weights is not None)  # before a slow load
+    report = load_model(cfg, weights).export(
+        fmt,
+        output,
+        fp16=fp16,
+        dynamic_batch=dynamic_batch,
+        quantize=quantize,
+        calibration=calibration,
+        num_calibration_images=num_calibration_images,
+    )
+    click.echo(str(report))
 
 
 @main.command()
@@ -147,8 +150,8 @@ def bench(
     Each model runs --warmup untimed then --runs timed forward passes of one random batch through the
     runtime's runner (raw head outputs, no pre- or post-processing). Progress and notes go to stderr.
     """
-    from ..bench import ModelSpec, table_lines
-    from ..bench import bench as run_bench
+    from ..api.running import bench as run_bench
+    from ..bench import ModelSpec
 
     if weights and len(weights) != len(cfgs):
         raise UsageError(
@@ -156,10 +159,9 @@ def bench(
             "cfg without weights), or none"
         )
     paths = [None if w in ("", "random") else Path(w) for w in weights] or [None] * len(cfgs)
-    specs = [ModelSpec(cfg, path) for cfg, path in zip(cfgs, paths, strict=True)]
     report = run_bench(
-        specs,
-        backend,
+        [ModelSpec(cfg, path) for cfg, path in zip(cfgs, paths, strict=True)],
+        backend=backend,
         size=size,
         runs=runs,
         warmup=warmup,
@@ -167,7 +169,9 @@ def bench(
         batch=batch,
         seed=seed,
         interleave=interleave,
-        warn=warn,
-        note=lambda message: click.echo(message, err=True),
+        progress=True,
+        log=lambda message: click.echo(message, err=True),
     )
-    click.echo(json.dumps(report) if as_json else "\n".join(table_lines(report)))
+    for message in report.warnings:
+        warn(message)
+    click.echo(report.json() if as_json else str(report))

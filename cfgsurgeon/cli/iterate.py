@@ -10,7 +10,8 @@ from ..errors import UsageError
 from ..surgery.criteria import CRITERIA
 from ..surgery.plan import OPTIMIZERS
 from . import main
-from .common import CFG, FLAGS, WEIGHTS_REQUIRED
+from .common import CFG, FLAGS, WEIGHTS_REQUIRED, load_model
+from .sensitivity import _rates
 
 # This command's parameters, as the library's messages name them (`step`, ...), shown as its flags.
 FLAGS.update(
@@ -145,30 +146,24 @@ def iterate(
     and written to iterate.md, iterate.png plots mAP, BFLOPs and params per step. Run the same command
     again to continue a killed run.
     """
-    try:
-        from ..workflow.iterate import IterateSettings
-        from ..workflow.iterate import iterate as run_iterate
-    except ImportError as exc:
-        raise UsageError(f"iterate needs the package '{exc.name}': pip install 'cfgsurgeon[torch]'") from None
-    from .sensitivity import _rates
-
-    tuning = {key: value for key, value in (("batch", batch), ("lr", lr)) if value is not None}
-    settings = IterateSettings(
+    model = load_model(cfg, weights)
+    report = model.iterate(
+        data,
+        output,
         target_bflops=target_bflops,
         step=step,
         epochs_per_step=epochs_per_step,
         max_drop=max_drop,
         criterion=criterion,
-        rates=tuple(_rates(rates)),
+        rates=_rates(rates),
         proxy=not map_analysis,
         images=images,
         optimizer=planner,
         round_to=_round_to(round_to),
+        batch=batch,
+        lr=lr,
+        device=device,
         seed=seed,
-        train={"device": device, **tuning},
+        progress=True,
     )
-    result = run_iterate(cfg, weights, data, output, settings, log=lambda line: click.echo(line, err=True))
-    click.echo((output / "iterate.md").read_text(), nl=False)
-    final = result.final
-    click.echo(f"final model (step {final['step']}): {final['cfg']} {final['weights']}")
-    click.echo(f"wrote {output / 'iterate.json'}, iterate.md, iterate.png")
+    click.echo(str(report))

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
 from ..runtimes import BENCH_BACKENDS
 from ..surgery.criteria import CRITERIA
 from ..surgery.select import STRATEGIES
 from . import main
-from .common import CFG, FLAGS, WEIGHTS_REQUIRED
+from .common import CFG, FLAGS, WEIGHTS_REQUIRED, load_model
 
 # This command's parameters, as the library's messages name them (`ratios`, ...), shown as its flags.
 FLAGS.update(
@@ -126,35 +125,23 @@ def sweep(
     method's safe bound are recorded as refused. Run again with the same options, a killed sweep continues
     where it stopped; more ratios can be added to a finished one.
     """
-    try:
-        from ..workflow.sweep import SweepSettings, parse_ratios
-        from ..workflow.sweep import sweep as run_sweep
-    except ImportError as exc:
-        raise UsageError(f"sweep needs the package '{exc.name}': pip install 'cfgsurgeon[torch]'") from None
-
-    tuning = {key: value for key, value in (("batch", batch), ("lr", lr)) if value is not None}
-    settings = SweepSettings(
+    model = load_model(cfg, weights)
+    report = model.sweep(
+        data,
+        output,
         method=method,
-        ratios=parse_ratios(ratios),
+        ratios=ratios,
         criterion=criterion,
         finetune_epochs=finetune_epochs,
+        batch=batch,
+        lr=lr,
         max_drop=max_drop,
         backend=backend,
         latency_runs=latency_runs,
         images=images,
         force=force,
         seed=seed,
-        train=tuning,
-    )
-    result = run_sweep(
-        cfg,
-        weights,
-        data,
-        output,
-        settings,
-        log=lambda line: click.echo(line, err=True),
-        progress=None,
         verbose=verbose,
+        progress=True,
     )
-    click.echo(result.files[1].read_text(), nl=False)
-    click.echo(f"wrote {', '.join(str(path) for path in result.files)}")
+    click.echo(str(report))  # its warnings were logged on stderr as they happened

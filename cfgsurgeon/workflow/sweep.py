@@ -107,6 +107,8 @@ class SweepResult:
     chosen: float | None  # the largest ratio within max_drop (None: none is)
     output: Path
     files: list[Path]  # sweep.json, sweep.md, sweep.png
+    markdown: str = ""  # sweep.md's text
+    warnings: list[str] = field(default_factory=list)  # what was not measured, and why
 
 
 # -- ratios --------------------------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def sweep(
     say = log or (lambda line: None)
     cfg, weights, data, output = Path(cfg), Path(weights), Path(data), Path(output)
     refuse_overwrite(_outputs(output, cfg, settings.ratios), [cfg, weights, data])
-    graph = load_cfg(cfg, warn=say)
+    graph = load_cfg(cfg, warn=lambda line: None)  # the caller read the model (and showed its warnings)
     read_weights(graph, weights)
     context = _Context(graph, cfg, data, output, settings, say, verbose)
     state = _open_state(context, weights)
@@ -204,7 +206,7 @@ def sweep(
             bar.update()
             eta = (time.monotonic() - started) / done * (len(pending) - done)
             say(f"ratio {ratio:g}: {_describe(row)} ({done}/{len(pending)}, ETA {format_duration(eta)})")
-    return _finish(output, state, settings)
+    return _finish(output, state, settings, [context.latency_note] if context.latency_note else [])
 
 
 def _outputs(output: Path, cfg: Path, ratios: Sequence[float]) -> list[Path]:
@@ -416,16 +418,17 @@ def _save(output: Path, state: dict[str, Any]) -> None:
 # -- the report ----------------------------------------------------------------------------------------------
 
 
-def _finish(output: Path, state: dict[str, Any], settings: SweepSettings) -> SweepResult:
+def _finish(output: Path, state: dict[str, Any], settings: SweepSettings, warnings: list[str]) -> SweepResult:
     rows = state["rows"]
     chosen = largest_within(state["baseline"]["map50"], rows, settings.max_drop)
     state["max_drop"], state["chosen"] = settings.max_drop, chosen
     _save(output, state)
     files = [output / STATE_NAME, output / "sweep.md", output / "sweep.png"]
+    markdown = report_markdown(state)
     with atomic_output(files[1], "w") as out:
-        out.write(report_markdown(state))
+        out.write(markdown)
     plot_sweep(state, files[2])
-    return SweepResult(state["baseline"], rows, chosen, output, files)
+    return SweepResult(state["baseline"], rows, chosen, output, files, markdown, warnings)
 
 
 def report_markdown(state: dict[str, Any]) -> str:

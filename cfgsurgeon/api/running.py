@@ -53,11 +53,10 @@ class Running:
         is exported in memory). ``output``: a folder that gets ``<image-stem>.png`` with the boxes drawn
         (nothing is drawn without it). Returns the detections of every photo (:class:`Detections`).
 
-        >>> model.detect("dog.jpg", names="coco.names").results[0].detections[0].name  # doctest: +SKIP
-        'bicycle'
+        >>> model.detect("dog.jpg", names="coco.names").detections[0][0].name  # doctest: +SKIP
+        'dog'
         """
-        from ..detect import check_images, check_names, class_count, detect_image, draw, output_paths
-        from ..images import load_names
+        from ..detect import check_images, detect_image, draw, output_paths
         from ..runtimes import make_runner
 
         paths = [Path(images)] if isinstance(images, str | Path) else [Path(image) for image in images]
@@ -66,11 +65,7 @@ class Running:
         names_file = Path(names) if isinstance(names, str | Path) else None
         refuse_overwrite(drawn, [*paths, self.cfg, self.weights, names_file])
         warnings: list[str] = []
-        if names is None:
-            class_names = [str(k) for k in range(class_count(self.graph))]
-        else:
-            listed = load_names(names_file) if names_file else list(names)
-            class_names = check_names(self.graph, listed, names_file or "`names`", warnings.append)
+        class_names = _class_names(self.graph, names, warnings.append)
         runner = make_runner(self.graph, backend, None if model is None else Path(model))
         if output is not None:
             Path(output).mkdir(parents=True, exist_ok=True)
@@ -192,6 +187,18 @@ class Running:
             progress=progress,
             log=log,
         )
+
+
+def _class_names(graph: Graph, names: str | Path | Sequence[str] | None, warn: Log) -> list[str]:
+    """``names`` (a .names file or the names) checked against the model's classes; None: the numbers."""
+    from ..detect import check_names, class_count
+    from ..images import load_names
+
+    if names is None:
+        return [str(k) for k in range(class_count(graph))]
+    if isinstance(names, str | Path):
+        return check_names(graph, load_names(names), names, warn)
+    return check_names(graph, list(names), "`names`", warn)
 
 
 def bench(

@@ -64,3 +64,70 @@ def test_fade_refuses_a_layer_without_batch_norm(nano, tmp_path):
     plain = next(layer.index for layer in graph.layers if not getattr(layer, "batch_normalize", 1))
     with pytest.raises(UsageError, match=f"fade: layer {plain} has no batch-normalised channels"):
         train(nano_config(nano, tmp_path / "run", fade={plain: [0]}), log=lambda line: None)
+
+
+def _output_times_gradient(graph, data, images: int) -> dict[int, np.ndarray]:
+    """Σ over pixels and images of (output − its constant part) · ∂L/∂output per channel, from hooks on each
+    convolution's BN (or conv) output: the chain-rule form of γ·∂L/∂γ and of Σ w·∂L/∂w."""
+    import torch
+
+    from cfgsurgeon.emit.torch import DarknetModel
+    from cfgsurgeon.train.dataset import DetectionDataset, collate
+    from cfgsurgeon.train.loss import YoloLoss
+
+    model = DarknetModel(graph).eval()
+    found: dict[int, torch.Tensor] = {}
+
+    def keep(index, constant):
+        def hook(module, args, output):
+            output.register_hook(lambda grad: found.__setitem__(index, grad * (output - constant())))
+
+        return hook
+
+    for layer in graph.layers:
+        if layer.kind == "convolutional":
+            block = model.blocks[layer.index]
+            module = getattr(block, "bn", None) or block.conv
+            bias = module.bias if layer.batch_normalize else block.conv.bias
+            module.register_forward_hook(keep(layer.index, lambda b=bias: b.detach().view(1, -1, 1, 1)))
+    dataset = DetectionDataset.from_data(data, "train", graph, augment=False)
+    pictures, targets, _ = collate([dataset[k] for k in range(images)])
+    loss = YoloLoss(graph)
+    loss(model(pictures, keep=loss.sources), targets).total.backward()
+    return {index: grad.sum((0, 2, 3)).double().numpy() for index, grad in found.items()}
+
+
+def test_taylor_importance_is_the_squared_first_order_loss_change(nano):
+    from cfgsurgeon.randinit import random_weights
+    from cfgsurgeon.train.importance import taylor_importance
+
+    cfg, data = nano
+    graph = load_cfg(cfg, warn=lambda message: None)
+    random_weights(graph, seed=1)
+    scores = taylor_importance(graph, data, images=4, batch=4)
+    expected = _output_times_gradient(graph, data, images=4)
+    plain = [
+        layer.index for layer in graph.layers if layer.kind == "convolutional" and not layer.batch_normalize
+    ]
+    assert plain and set(scores) == set(expected)
+    for index, change in expected.items():
+        np.testing.assert_allclose(scores[index], change**2, rtol=1e-3, atol=1e-9 * change.max() ** 2)
+    assert taylor_importance(graph, data, images=4, batch=4)[plain[0]].tobytes() == scores[plain[0]].tobytes()
+
+
+def test_taylor_criterion_prunes_the_least_important_channels_and_needs_them_measured():
+    from cfgsurgeon.train.importance import attach_importance
+
+    graph = model(*PLANNED)
+    with pytest.raises(UsageError, match="criterion 'taylor' needs importance measured"):
+        prune_units(graph, {"1": 0.5}, criterion="taylor")
+    rng = np.random.default_rng(5)
+    importance = {
+        layer.index: rng.random(layer.out_shape[0]) for layer in graph.layers if layer.kind == "convolutional"
+    }
+    attach_importance(graph, importance)
+    removed = Planner(graph, "taylor").removed_channels({"1": 0.5, "6": 0.25})
+    assert removed == {
+        1: sorted(np.argsort(importance[1])[:6].tolist()),
+        6: sorted(np.argsort(importance[6])[:2].tolist()),
+    }

@@ -53,17 +53,28 @@ def _random(layer: L.Convolutional, rng: np.random.Generator) -> np.ndarray:
     return rng.random(layer.filters)
 
 
+def _taylor(layer: L.Convolutional, rng: np.random.Generator) -> np.ndarray:
+    scores = getattr(layer, "importance", None)
+    if scores is None or len(scores) != layer.out_shape[0]:
+        raise UsageError(
+            f"criterion 'taylor' needs importance measured on training images for layer {layer.index} "
+            "(cfgsurgeon.train.importance; give `data`)"
+        )
+    return scores
+
+
 CRITERIA: dict[str, ChannelScore] = {
     "bn-gamma": _gamma,
     "l1": _l1,
     "l2": _l2,
     "bn-gamma-l1": _gamma_l1,
     "random": _random,
+    "taylor": _taylor,
 }
 
 
 NORMALIZERS = ("auto", "none", "mean", "max")
-_RAW_BY_DEFAULT = ("bn-gamma", "random")
+_RAW_BY_DEFAULT = ("bn-gamma", "random", "taylor")
 
 
 def normalizer(criterion: str, normalize: str = "auto") -> str:

@@ -168,11 +168,14 @@ def test_sweep_prints_and_writes_what_the_command_does(nano_files, tmp_path, mon
     assert report.files == [Path("out") / name for name in ("sweep.json", "sweep.md", "sweep.png")]
 
 
-def test_sweep_rows_are_the_files_it_kept(nano_files, tmp_path):
+def test_sweep_rows_are_the_files_it_kept(nano_files, tmp_path, capsys):
     cfg, weights, data = nano_files
-    report = Model.load(cfg, weights).sweep(
-        data, tmp_path, ratios="0.3:0.6:0.3", latency_runs=0, max_drop=0.5
+    logged: list[str] = []
+    model = Model.load(cfg, weights)
+    report = model.sweep(
+        data, tmp_path, ratios="0.3:0.6:0.3", latency_runs=0, max_drop=0.5, log=logged.append
     )
+    assert capsys.readouterr().err == "" and any(line.startswith("ratio 0.6: ") for line in logged)
     assert report.baseline["params"] == floats_in(weights)
     assert [row["ratio"] for row in report.rows] == [0.3, 0.6]
     for row in report.rows:

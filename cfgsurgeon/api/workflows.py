@@ -427,14 +427,15 @@ def _needs_torch(command: str) -> Iterator[None]:
 
 
 def _same_model(graph: Graph, other: Graph) -> bool:
-    """Whether two graphs write the same cfg and store the same tensors."""
+    """Whether two graphs write the same cfg and store the same tensors (bit for bit)."""
+    import numpy as np
+
     from ..emit.cfg import cfg_text
     from ..weights import stored_floats
 
-    return (
-        cfg_text(graph) == cfg_text(other)
-        and stored_floats(graph).tobytes() == stored_floats(other).tobytes()
-    )
+    if cfg_text(graph) != cfg_text(other):
+        return False
+    return np.array_equal(stored_floats(graph).view(np.uint32), stored_floats(other).view(np.uint32))
 
 
 def _analysis(

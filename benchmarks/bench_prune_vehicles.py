@@ -33,6 +33,7 @@ from cfgsurgeon.bench import ModelSpec, bench, table_lines  # noqa: E402
 from cfgsurgeon.errors import UsageError  # noqa: E402
 from cfgsurgeon.surgery.plan import Planner, make_plan, prune_units  # noqa: E402
 from cfgsurgeon.surgery.target import prune_to_target  # noqa: E402
+from cfgsurgeon.train.importance import attach_importance, taylor_importance  # noqa: E402
 from cfgsurgeon.workflow.iterate import IterateSettings, iterate  # noqa: E402
 from cfgsurgeon.workflow.sensitivity import sensitivity  # noqa: E402
 
@@ -70,14 +71,17 @@ def stage_iterate(start: dict, folder: Path, target: float, step: float, args) -
     return row
 
 
-def stage_fade(start: dict, folder: Path, target: float, args) -> dict:
-    """sensitivity → plan → prune-aware training (the plan's channels fade to 0 over ``--fade-epochs``) →
-    the plan's prune (now nearly free) → ``--finetune-epochs`` of fine-tuning; ``target``: share of
-    ``start``'s BFLOPs. Wall and CPU time of the whole recipe are recorded."""
+def stage_plan(start: dict, folder: Path, target: float, args) -> dict:
+    """[importance on training images (``--criterion taylor``)] → sensitivity → plan → [prune-aware
+    training: the plan's channels fade to 0 over ``--fade-epochs``] → the plan's prune →
+    ``--finetune-epochs`` of fine-tuning; ``target``: share of ``start``'s BFLOPs. Wall and CPU time of the
+    whole recipe are recorded."""
     wall, cpu = time.perf_counter(), time.process_time()
     graph = load_cfg(Path(start["cfg"]), warn=lambda m: None)
     read_weights(graph, Path(start["weights"]))
     folder.mkdir(parents=True, exist_ok=True)
+    if args.criterion == "taylor":
+        attach_importance(graph, taylor_importance(graph, DATA, images=args.importance_images))
     analysis = sensitivity(
         graph,
         DATA,
@@ -89,22 +93,24 @@ def stage_fade(start: dict, folder: Path, target: float, args) -> dict:
         warn=log,
     )
     plan = make_plan(analysis, graph, target_bflops=target, round_to=args.round_to)
-    channels = Planner(graph, plan["criterion"], plan["round_to"]).removed_channels(plan["rates"])
-    log(
-        f"plan: {plan['rates']}; fading {sum(map(len, channels.values()))} channels in {len(channels)} layers"
-    )
-    faded = run_training(
-        start, folder / "fade", args, args.fade_epochs, final=True, fade=channels, max_map_drop=1.0
-    )
-    graph = load_cfg(Path(faded["cfg"]), warn=lambda m: None)
-    read_weights(graph, Path(faded["weights"]))
     result = prune_units(graph, plan["rates"], plan["criterion"], plan["round_to"])
+    row = {"plan": plan["rates"], "epochs": args.fade_epochs + args.finetune_epochs}
+    if args.fade_epochs:
+        channels = Planner(graph, plan["criterion"], plan["round_to"]).removed_channels(plan["rates"])
+        log(f"plan: {plan['rates']}; fading {sum(map(len, channels.values()))} channels")
+        faded = run_training(
+            start, folder / "fade", args, args.fade_epochs, final=True, fade=channels, max_map_drop=1.0
+        )
+        graph = load_cfg(Path(faded["cfg"]), warn=lambda m: None)
+        read_weights(graph, Path(faded["weights"]))
+        result = prune_units(graph, plan["rates"], "bn-gamma", plan["round_to"])  # the faded γ are 0
+        row["faded"] = faded
     (folder / "pruned").mkdir(exist_ok=True)
     write_cfg(result.pruned, folder / "pruned" / "yolov3-tiny.cfg")
     write_weights(result.pruned, folder / "pruned" / "yolov3-tiny.weights")
-    pruned = scores(folder / "pruned" / "yolov3-tiny.cfg", folder / "pruned" / "yolov3-tiny.weights")
-    row = run_training(pruned, folder / "finetune", args, args.finetune_epochs)
-    row.update(plan=plan["rates"], faded=faded, pruned=pruned, epochs=args.fade_epochs + args.finetune_epochs)
+    row["pruned"] = scores(folder / "pruned" / "yolov3-tiny.cfg", folder / "pruned" / "yolov3-tiny.weights")
+    log(f"plan {plan['rates']}: pruned valid mAP@0.5 {row['pruned']['valid']['mAP50']:.3f}")
+    row = {**run_training(row["pruned"], folder / "finetune", args, args.finetune_epochs), **row}
     row["recipe_seconds"] = round(time.perf_counter() - wall, 1)
     row["recipe_cpu_seconds"] = round(time.process_time() - cpu, 1)
     return row
@@ -114,11 +120,11 @@ def stage_slim(start: dict, folder: Path, bflops: float, epochs: int, args) -> d
     graph = load_cfg(Path(start["cfg"]), warn=lambda m: None)
     read_weights(graph, Path(start["weights"]))
     share = bflops / graph.bflops
-    try:
-        result = prune_to_target(graph, "slim", target_bflops=share, criterion=args.criterion)
+    try:  # uniform slim as darknet users run it: one global γ threshold
+        result = prune_to_target(graph, "slim", target_bflops=share, criterion="bn-gamma")
     except UsageError as refused:  # slim's bound leaves more than the share: past it, as the user would force
         log(f"{refused}; forcing")
-        result = prune_to_target(graph, "slim", target_bflops=share, criterion=args.criterion, force=True)
+        result = prune_to_target(graph, "slim", target_bflops=share, criterion="bn-gamma", force=True)
     folder.mkdir(parents=True, exist_ok=True)
     write_cfg(result.pruned, folder / "yolov3-tiny.cfg")
     write_weights(result.pruned, folder / "yolov3-tiny.weights")
@@ -198,22 +204,25 @@ def main() -> None:
     parser.add_argument("--no-distill", dest="distill", action="store_false")
     parser.add_argument(
         "--recipe",
-        choices=("fade", "iterate"),
-        default="fade",
-        help="fade: sensitivity → plan → prune-aware training → prune → fine-tune; iterate: the iterate loop",
+        choices=("plan", "iterate"),
+        default="plan",
+        help="plan: sensitivity → plan → [prune-aware training] → prune → fine-tune; iterate: the loop",
     )
-    parser.add_argument("--fade-epochs", type=int, default=6)
+    parser.add_argument("--fade-epochs", type=int, default=0, help="prune-aware training before the prune")
+    parser.add_argument("--importance-images", type=int, default=128, help="--criterion taylor: images")
     parser.add_argument("--finetune-epochs", type=int, default=8)
     parser.add_argument("--round-to", type=int, default=1)
     args = parser.parse_args()
     out = args.out
     base = baseline(out, args)
     recipe = args.recipe
-    slim_tag = "slim" if recipe == "iterate" else f"slim-{recipe}"  # iterate's files keep their first names
+    if recipe == "plan":  # the folders say what ran; iterate's keep their first names
+        recipe = f"plan-{args.criterion}" + (f"-fade{args.fade_epochs}" if args.fade_epochs else "")
+    slim_tag = "slim" if recipe == "iterate" else f"slim-{recipe}"
 
     def reduce(start: dict, tag: str, share: float, step: float) -> dict:
-        if recipe == "fade":
-            return stage_fade(start, out / tag, share, args)
+        if recipe != "iterate":
+            return stage_plan(start, out / tag, share, args)
         return stage_iterate(start, out / tag, share, step, args)
 
     first = cached(out / f"{recipe}-50.json", lambda: reduce(base, f"{recipe}-50", args.target, args.step))

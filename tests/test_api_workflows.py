@@ -149,6 +149,8 @@ def test_plan_refusals_name_the_parameter(small, analysed, tmp_path):
     model = Model.load(*small[:2])
     with pytest.raises(UsageError, match="`target_latency` and `backend` go together"):
         model.plan(analysed, target_latency=0.5)
+    with pytest.raises(UsageError, match="`target_latency` needs a latency backend and no other target"):
+        model.plan(analysed, target_latency=0.5, target_bflops=0.5, backend="torch")
     with pytest.raises(UsageError, match="refusing to overwrite the input file"):
         model.plan(analysed, target_params=0.7).save(small[0])
 

@@ -210,7 +210,7 @@ def make_plan(
     planner.check({key: 0.0 for key in options})
     if target_latency is not None:
         if target_bflops is not None or target_params is not None or measure is None:
-            raise UsageError("--target-latency needs a latency backend and no other target")
+            raise UsageError("`target_latency` needs a latency backend and no other target")
         search = _Search(planner, options, "bflops", -1.0, tolerance)
         rates = _on_latency_path(search, graph, target_latency, measure)
         target = {"measure": "latency", "share": target_latency}
@@ -457,7 +457,7 @@ def _on_latency_path(search: _Search, graph: Graph, share: float, measure: Measu
     original's latency, by bisection on the path (latency falls with FLOPs, up to measurement noise)."""
     if not 0 < share <= 1:
         raise UsageError(
-            f"--target-latency is a share of the original model's latency: in (0, 1], found {share}"
+            f"`target_latency` is a share of the original model's latency: in (0, 1], found {share}"
         )
     path = search.greedy_path()
     goal = share * measure(graph)

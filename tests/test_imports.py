@@ -248,3 +248,35 @@ def test_inspect_with_weights_loads_no_framework(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "BFLOPs" in done.stdout
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+def _imported_top_levels(path: Path) -> set[str]:
+    """The top-level packages a module imports anywhere in its body (functions and TYPE_CHECKING included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_command_line_imports_click() -> None:
+    outside = [
+        str(path.relative_to(PROJECT))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "cli" not in path.relative_to(PACKAGE).parts[:1] and "click" in _imported_top_levels(path)
+    ]
+    assert outside == []
+    assert "click" in _imported_top_levels(PACKAGE / "cli" / "common.py")  # the check sees a real import
+
+
+def test_tools_use_only_the_public_api() -> None:
+    """tools/ scripts import the package's root or cfgsurgeon.api, nothing deeper."""
+    for path in sorted((PROJECT / "tools").glob("*.py")):
+        modules = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cfgsurgeon")
+        }
+        assert modules <= {"cfgsurgeon", "cfgsurgeon.api"}, (path.name, modules)

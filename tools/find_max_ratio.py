@@ -9,7 +9,7 @@ Ratios are searched on a grid of --step (0.005) up to the ratio bound (the large
 layer): first by bisection, which assumes that a ratio that loses the dog is never followed by a larger one
 that finds it again; detection is not monotone in the ratio in general, so the whole grid is checked as well,
 and the answer is the largest grid ratio below which every grid ratio keeps the dog. Everything runs through
-the library (surgery.prune and the detect pipeline with the torch runtime), in one process.
+the public API (``Model.prune`` and ``Model.detect`` with the torch backend), in one process.
 
     .venv/bin/python tools/find_max_ratio.py [--zoo ../shared/zoo] [--step 0.005] [--json result.json]
 """
@@ -23,14 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from cfgsurgeon import load_cfg, read_weights
-from cfgsurgeon.detect import box_iou, detect_image
-from cfgsurgeon.images import load_names
-from cfgsurgeon.ir import Graph
-from cfgsurgeon.runtimes import make_runner
-from cfgsurgeon.surgery.prune import PruneResult, prune, report
+from cfgsurgeon import Model
+from cfgsurgeon.api import Pruned
 
 ZOO = Path(__file__).resolve().parents[2] / "shared" / "zoo"
 DARKNET_LINE = re.compile(
@@ -45,7 +39,7 @@ class Outcome:
     kept: bool  # a dog overlapping darknet's box was found
     prob: float  # the best such dog's probability (0 when none)
     iou: float
-    result: PruneResult | None = None
+    pruned: Pruned | None = None
 
 
 def darknet_box(path: Path, name: str) -> tuple[float, float, float, float]:
@@ -57,38 +51,39 @@ def darknet_box(path: Path, name: str) -> tuple[float, float, float, float]:
     raise SystemExit(f"{path}: no '{name}' line")
 
 
-def centre_box(box: tuple[float, ...]) -> np.ndarray:
-    left, top, width, height = box
-    return np.array([left + width / 2, top + height / 2, width, height], dtype=np.float32)
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (left, top, width, height) boxes."""
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(width, 0.0) * max(height, 0.0)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 class Search:
     """Prune the model at a ratio, run the detect pipeline on the photo, and look for the dog."""
 
-    def __init__(self, graph: Graph, image: Path, names: list[str], reference: tuple, args) -> None:
-        self.graph, self.image, self.names, self.args = graph, image, names, args
-        self.reference = centre_box(reference)
+    def __init__(self, model: Model, image: Path, names: Path, reference: tuple, args) -> None:
+        self.model, self.image, self.names, self.args = model, image, names, args
+        self.reference = reference
         self.cache: dict[int, Outcome] = {}
 
-    def dog(self, graph: Graph) -> tuple[float, float]:
+    def dog(self, model: Model) -> tuple[float, float]:
         """The probability and IoU of the best 'dog' that overlaps the reference enough (0, 0 if none)."""
-        found = detect_image(graph, make_runner(graph, "torch"), self.image, self.names, self.args.thresh)
+        found = model.detect(self.image, names=self.names, thresh=self.args.thresh)
         best = (0.0, 0.0)
-        for det in found.detections:
-            if det.name != self.args.name:
-                continue
-            iou = float(box_iou(self.reference, centre_box(det.box)[None])[0])
-            if iou >= self.args.min_iou and det.prob > best[0]:
-                best = (det.prob, iou)
+        for det in found.detections[0]:
+            overlap = iou(self.reference, det.box)
+            if det.name == self.args.name and overlap >= self.args.min_iou and det.prob > best[0]:
+                best = (det.prob, overlap)
         return best
 
     def at(self, step_index: int) -> Outcome:
         """The outcome at ratio ``step_index · step`` (cached: bisection and grid share the runs)."""
         if step_index not in self.cache:
             percent = round(step_index * self.args.step, 10)
-            result = prune(self.graph, "slim", percent=percent, layer_keep=self.args.layer_keep)
-            prob, iou = self.dog(result.pruned)
-            self.cache[step_index] = Outcome(percent, prob > 0, prob, iou, result)
+            pruned = self.model.prune("slim", percent=percent, layer_keep=self.args.layer_keep, verify=False)
+            prob, overlap = self.dog(pruned.model)
+            self.cache[step_index] = Outcome(percent, prob > 0, prob, overlap, pruned)
         return self.cache[step_index]
 
 
@@ -115,16 +110,14 @@ def main() -> None:
     args = parser.parse_args()
 
     models, image = args.zoo / "models", args.zoo / "images" / "dog.jpg"
-    graph = load_cfg(models / "yolov3-tiny.cfg")
-    read_weights(graph, models / "yolov3-tiny.weights")
-    names = load_names(models / "coco.names")
+    model = Model.load(models / "yolov3-tiny.cfg", models / "yolov3-tiny.weights", warn=print)
     reference = darknet_box(args.zoo / "darknet_reference" / "detections" / "dog.txt", args.name)
-    search = Search(graph, image, names, reference, args)
+    search = Search(model, image, models / "coco.names", reference, args)
 
     before = search.at(0)
     if not before.kept:
         raise SystemExit("the unpruned model does not find the dog: nothing to search")
-    bound = before.result.selection.ratio_bound
+    bound = before.pruned.report["ratio_bound"]
     top = math.floor(bound / args.step + 1e-9)  # the largest grid index within the bound
     by_bisection = bisect(search, top)
     grid = [search.at(i) for i in range(top + 1)]
@@ -146,9 +139,9 @@ def main() -> None:
     elif by_bisection == monotone_max:
         print("monotone on this grid: bisection and the full grid agree")
 
-    data = report(answer.result)
+    data = answer.pruned.report
     totals = data["totals"]
-    header = graph.weights_header.size
+    header = model.graph.weights_header.size
     figures = {
         "ratio": answer.percent,
         "achieved_ratio": data["achieved_ratio"],

@@ -1,7 +1,32 @@
 """The Python API: :class:`Model` and the reports its methods return (``str(report)`` is what the matching
-command prints). Importing it imports no framework; methods import torch/TF/OpenVINO when they need them."""
+command prints), plus the functions that are not about one model. Importing it imports no framework; methods
+import torch/TF/OpenVINO when they need them."""
 
+from .editing import Initialized, Preview, Pruned, Retargeted, Written
 from .model import Model, Saved, Summary
 from .report import Lines, Report
+from .running import Benched, BenchReport, Detections, Evaluation, Exported, bench
+from .workflows import Iteration, Plan, Sensitivity, Sweep
 
-__all__ = ["Lines", "Model", "Report", "Saved", "Summary"]
+__all__ = [
+    "BenchReport",
+    "Benched",
+    "Detections",
+    "Evaluation",
+    "Exported",
+    "Initialized",
+    "Iteration",
+    "Lines",
+    "Model",
+    "Plan",
+    "Preview",
+    "Pruned",
+    "Report",
+    "Retargeted",
+    "Saved",
+    "Sensitivity",
+    "Summary",
+    "Sweep",
+    "Written",
+    "bench",
+]

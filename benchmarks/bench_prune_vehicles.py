@@ -31,9 +31,10 @@ from bench_vehicles import DATA, cached, log, run_training, scores, stage_coco  
 from cfgsurgeon import load_cfg, read_weights, write_cfg, write_weights  # noqa: E402
 from cfgsurgeon.bench import ModelSpec, bench, table_lines  # noqa: E402
 from cfgsurgeon.errors import UsageError  # noqa: E402
+from cfgsurgeon.surgery.criteria import attach_importance  # noqa: E402
 from cfgsurgeon.surgery.plan import Planner, make_plan, prune_units  # noqa: E402
 from cfgsurgeon.surgery.target import prune_to_target  # noqa: E402
-from cfgsurgeon.train.importance import attach_importance, taylor_importance  # noqa: E402
+from cfgsurgeon.train.importance import taylor_importance  # noqa: E402
 from cfgsurgeon.workflow.iterate import IterateSettings, iterate  # noqa: E402
 from cfgsurgeon.workflow.sensitivity import sensitivity  # noqa: E402
 
@@ -81,7 +82,7 @@ def stage_plan(start: dict, folder: Path, target: float, args) -> dict:
     read_weights(graph, Path(start["weights"]))
     folder.mkdir(parents=True, exist_ok=True)
     if args.criterion == "taylor":
-        attach_importance(graph, taylor_importance(graph, DATA, images=args.importance_images))
+        graph = attach_importance(graph, taylor_importance(graph, DATA, images=args.importance_images))
     analysis = sensitivity(
         graph,
         DATA,

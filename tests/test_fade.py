@@ -116,7 +116,7 @@ def test_taylor_importance_is_the_squared_first_order_loss_change(nano):
 
 
 def test_taylor_criterion_prunes_the_least_important_channels_and_needs_them_measured():
-    from cfgsurgeon.train.importance import attach_importance
+    from cfgsurgeon.surgery.criteria import attach_importance, importance_of
 
     graph = model(*PLANNED)
     with pytest.raises(UsageError, match="criterion 'taylor' needs importance measured"):
@@ -125,7 +125,8 @@ def test_taylor_criterion_prunes_the_least_important_channels_and_needs_them_mea
     importance = {
         layer.index: rng.random(layer.out_shape[0]) for layer in graph.layers if layer.kind == "convolutional"
     }
-    attach_importance(graph, importance)
+    graph = attach_importance(graph, importance)
+    assert importance_of(graph) == {str(k): v.tolist() for k, v in importance.items()}
     removed = Planner(graph, "taylor").removed_channels({"1": 0.5, "6": 0.25})
     assert removed == {
         1: sorted(np.argsort(importance[1])[:6].tolist()),

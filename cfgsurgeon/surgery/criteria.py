@@ -20,12 +20,13 @@ scale, and a global γ threshold is what darknet pruning users mean by slim; nor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .. import layers as L
 from ..errors import UsageError
+from ..ir import Graph
 from .groups import ChannelAnalysis
 
 ChannelScore = Callable[[L.Convolutional, np.random.Generator], np.ndarray]
@@ -61,6 +62,31 @@ def _taylor(layer: L.Convolutional, rng: np.random.Generator) -> np.ndarray:
             "(cfgsurgeon.train.importance; give `data`)"
         )
     return scores
+
+
+def attach_importance(graph: Graph, scores: Mapping[int | str, Sequence[float]]) -> Graph:
+    """A copy of ``graph`` whose convolutions carry ``scores`` (layer index → importance per output channel,
+    as :func:`cfgsurgeon.train.importance.taylor_importance` measures them or a JSON file holds them), which
+    the ``taylor`` criterion reads."""
+    scored = graph.clone()
+    for index, values in scores.items():
+        layer = scored.layers[int(index)]
+        if len(values) != layer.out_shape[0]:
+            raise UsageError(
+                f"importance of layer {index} has {len(values)} values for its {layer.out_shape[0]} channels"
+            )
+        layer.importance = np.asarray(values, dtype=np.float64)
+    return scored
+
+
+def importance_of(graph: Graph) -> dict[str, list[float]] | None:
+    """The importance the layers carry, JSON-ready (layer index as text → scores), or None without any."""
+    found = {
+        str(layer.index): [float(value) for value in layer.importance]
+        for layer in graph.layers
+        if getattr(layer, "importance", None) is not None
+    }
+    return found or None
 
 
 CRITERIA: dict[str, ChannelScore] = {

@@ -70,10 +70,3 @@ def _first_order_change(block: torch.nn.Module) -> np.ndarray:
         conv = block.conv
         change = (conv.weight.detach() * conv.weight.grad).flatten(1).sum(1)
     return change.double().numpy()
-
-
-def attach_importance(graph: Graph, scores: dict[int, np.ndarray]) -> Graph:
-    """Give each scored layer its scores (``layer.importance``), which the ``taylor`` criterion reads."""
-    for index, values in scores.items():
-        graph.layers[index].importance = np.asarray(values, dtype=np.float64)
-    return graph

@@ -132,3 +132,36 @@ def test_taylor_criterion_prunes_the_least_important_channels_and_needs_them_mea
         1: sorted(np.argsort(importance[1])[:6].tolist()),
         6: sorted(np.argsort(importance[6])[:2].tolist()),
     }
+
+
+def test_prune_by_taylor_needs_data_and_gives_the_api_result(nano, tmp_path):
+    from click.testing import CliRunner
+
+    from cfgsurgeon import Model
+    from cfgsurgeon.cli import main
+    from cfgsurgeon.randinit import random_weights
+    from cfgsurgeon.weights import write_weights
+
+    cfg, data = nano
+    graph = load_cfg(cfg, warn=lambda message: None)
+    random_weights(graph, seed=2)
+    weights = tmp_path / "nano.weights"
+    write_weights(graph, weights)
+    args = ["prune", "--cfg", cfg, "--weights", weights, "--method", "slim", "--percent", "0.3"]
+    args += ["--criterion", "taylor", "--no-verify"]
+    refused = CliRunner().invoke(main, [str(a) for a in [*args, "-o", tmp_path / "x"]])
+    assert refused.exit_code == 1 and "give --data" in refused.output and "Traceback" not in refused.output
+    done = CliRunner().invoke(
+        main, [str(a) for a in [*args, "--data", data, "--importance-images", 4, "-o", tmp_path / "cli"]]
+    )
+    assert done.exit_code == 0, done.output
+    pruned = Model.load(cfg, weights).prune(
+        "slim", percent=0.3, criterion="taylor", data=data, importance_images=4, verify=False
+    )
+    assert (
+        done.stdout
+        == str(pruned.save(tmp_path / "api")).replace(str(tmp_path / "api"), str(tmp_path / "cli")) + "\n"
+    )
+    assert (tmp_path / "cli" / "pruned.weights").read_bytes() == (
+        tmp_path / "api" / "pruned.weights"
+    ).read_bytes()

@@ -50,6 +50,8 @@ class Editing:
         seed: int = 0,
         force: bool = False,
         verify: bool = True,
+        data: str | Path | None = None,
+        importance_images: int = 64,
     ) -> Pruned:
         """Prune channels and/or residual units (``cfgsurgeon prune``); returns a :class:`Pruned` report
         holding the pruned model (``.model``) and the figures of report.json (``.report``).
@@ -58,6 +60,8 @@ class Editing:
         ``target_bflops``/``target_params`` as a share of the original) and ``plan`` (per-unit rates: a
         PLAN.json path or its dict, ``{"rates": {unit: rate}}``). ``round_to``: kept widths are multiples
         of it, or ``"pow2"``; ``verify``: measure the pruned model against the masked original (torch).
+        ``criterion="taylor"`` measures each channel's importance on ``importance_images`` training photos
+        of ``data`` (a plan from a taylor analysis carries its own).
         A ratio above the safe bound is refused unless ``force``. :meth:`prune_preview` shows the same
         request without cutting anything.
 
@@ -77,6 +81,8 @@ class Editing:
             normalize=normalize,
             seed=seed,
             force=force,
+            data=data,
+            importance_images=importance_images,
         )
         result = request.prune(self.graph)
         return Pruned(self, result, _compensation_error(result) if verify else None)
@@ -97,6 +103,8 @@ class Editing:
         normalize: str = "auto",
         seed: int = 0,
         force: bool = False,
+        data: str | Path | None = None,
+        importance_images: int = 64,
     ) -> Preview:
         """What :meth:`prune` would remove with the same options (``cfgsurgeon prune --dry-run``): per
         layer its kept and removed channels, and the predicted params and BFLOPs; nothing is cut. A request
@@ -118,6 +126,8 @@ class Editing:
             normalize=normalize,
             seed=seed,
             force=force,
+            data=data,
+            importance_images=importance_images,
         )
         return request.preview(self.graph)
 
@@ -215,6 +225,8 @@ class _PruneRequest:
     normalize: str
     seed: int
     force: bool
+    data: str | Path | None = None
+    importance_images: int = 64
 
     def __post_init__(self) -> None:
         if (self.method is None) == (self.plan is None):
@@ -256,7 +268,18 @@ class _PruneRequest:
             "normalize": self.plan.get("normalize", self.normalize),
         }
 
+    def scored(self, graph: Graph) -> Graph:
+        """``graph`` with the importance the taylor criterion reads (measured, or the plan's own)."""
+        from ..train.importance import with_importance
+
+        criterion = self.plan_settings["criterion"] if self.plan is not None else self.criterion
+        known = self.plan.get("importance") if self.plan is not None else None
+        return with_importance(graph, criterion, self.data, self.importance_images, known)
+
     def prune(self, graph: Graph) -> PruneResult:
+        return self._cut(self.scored(graph))
+
+    def _cut(self, graph: Graph) -> PruneResult:
         from ..surgery.plan import prune_units
         from ..surgery.prune import prune
         from ..surgery.target import prune_to_target
@@ -272,12 +295,13 @@ class _PruneRequest:
         from ..surgery.plan import Planner
         from ..surgery.target import dry_run, preview
 
+        graph = self.scored(graph)
         if self.plan is not None:
             planner = Planner(graph, **self.plan_settings)
             return Preview(preview(graph, planner.analysis, planner.scores, planner.keep(self.plan["rates"])))
         if not self.has_target:
             return Preview(dry_run(graph, self.method, **self.by_ratio))
-        result = self.prune(graph)
+        result = self._cut(graph)
         if self.method == "layer":
             return Preview(None, result.target, result.warnings, result.removed_shortcuts)
         request = {**self.channel, **self.options, "percent": result.target["percent"], "force": True}

@@ -72,6 +72,7 @@ FLAGS = {
     "data": "--data",
     "fine_tune": "--fine-tune",
     "format": "--format",
+    "importance_images": "--importance-images",
     "method": "--method",
     "model": "--model",
     "names": "--names",

@@ -14,15 +14,18 @@ The model runs in evaluation mode (BN with its running statistics, as the pruned
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .. import layers as L
 from ..errors import UsageError
 from ..ir import Graph
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
 
@@ -36,6 +39,8 @@ def taylor_importance(
     progress: Progress | None = None,
 ) -> dict[int, np.ndarray]:
     """Layer index → the Taylor importance of each output channel (float64), for every convolution."""
+    import torch
+
     from ..emit.torch import DarknetModel
     from .dataset import DetectionDataset, collate
     from .loss import YoloLoss
@@ -70,3 +75,35 @@ def _first_order_change(block: torch.nn.Module) -> np.ndarray:
         conv = block.conv
         change = (conv.weight.detach() * conv.weight.grad).flatten(1).sum(1)
     return change.double().numpy()
+
+
+def with_importance(
+    graph: Graph,
+    criterion: str,
+    data: str | Path | None = None,
+    images: int = 64,
+    known: Mapping[str, Sequence[float]] | None = None,
+    progress: Progress | None = None,
+) -> Graph:
+    """``graph`` ready for ``criterion``: for ``taylor``, a copy carrying importance — ``known`` (as an
+    analysis or a plan recorded it) or measured on ``images`` training photos of ``data`` — unless it
+    carries some already; any other criterion needs nothing and gets ``graph`` itself."""
+    from ..surgery.criteria import attach_importance, importance_of
+
+    if criterion != "taylor":
+        return graph
+    if known is not None:
+        return attach_importance(graph, known)
+    if data is not None:
+        return attach_importance(graph, taylor_importance(graph, data, images, progress=progress))
+    if importance_of(graph) is not None:
+        return graph
+    raise UsageError("criterion 'taylor' measures importance on training images: give `data`")
+
+
+def recorded(graph: Graph) -> dict[str, Any]:
+    """``{"importance": …}`` for a JSON record when the graph carries importance, else nothing."""
+    from ..surgery.criteria import importance_of
+
+    found = importance_of(graph)
+    return {} if found is None else {"importance": found}

@@ -202,6 +202,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-second", action="store_true")
+    parser.add_argument(
+        "--skip-second-slim", action="store_true", help="no uniform slim at the second target"
+    )
     parser.add_argument("--no-distill", dest="distill", action="store_false")
     parser.add_argument(
         "--recipe",
@@ -241,14 +244,20 @@ def main() -> None:
         )
         second_epochs = first["epochs"] + second["epochs"]
         rows.append((f"{recipe} to {args.second_target:.0%}", second))
-        slim2 = cached(
-            out / f"{slim_tag}-30.json",
-            lambda: stage_slim(base, out / f"{slim_tag}-30", second["bflops"], second_epochs, args),
-        )
-        rows.append((f"uniform slim, same BFLOPs, {second_epochs} epochs", slim2))
+        if not args.skip_second_slim:
+            slim2 = cached(
+                out / f"{slim_tag}-30.json",
+                lambda: stage_slim(base, out / f"{slim_tag}-30", second["bflops"], second_epochs, args),
+            )
+            rows.append((f"uniform slim, same BFLOPs, {second_epochs} epochs", slim2))
     latency_file = "latency.json" if recipe == "iterate" else f"latency-{recipe}.json"
     ms = cached(out / latency_file, lambda: latency(rows, args.backend))
-    print("\n".join(table(rows, base, ms)))
+    steps = []
+    for name, row in rows:
+        if "pruned" in row and recipe != "iterate":
+            steps.append((f"{name}: pruned, before fine-tuning", row["pruned"]))
+        steps.append((name, row))
+    print("\n".join(table(steps, base, ms)))
     for name, row in rows[1:]:
         print(
             f"{name}: test mAP@0.5 {row['test']['mAP50'] / base['test']['mAP50']:.3f}× the baseline at "

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..layers import Layer
 
 Warn = Callable[[str], None]
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
 def quiet(message: str) -> None:
@@ -31,7 +32,8 @@ class Model(Editing, Running, Training, Workflows):
 
     >>> from cfgsurgeon import Model
     >>> model = Model.load("yolov3-tiny.cfg", "yolov3-tiny.weights")  # doctest: +SKIP
-    >>> smaller, report = model.prune(method="slim", percent=0.3)  # doctest: +SKIP
+    >>> pruned = model.prune("slim", percent=0.3)  # doctest: +SKIP
+    >>> pruned.model.bflops, pruned.report["totals"]  # doctest: +SKIP
     """
 
     def __init__(
@@ -49,15 +51,19 @@ class Model(Editing, Running, Training, Workflows):
         *,
         tree: str | Path | None = None,
         warn: Warn = quiet,
+        checkpoint: bool | None = None,
     ) -> Model:
         """Read a cfg and, optionally, its weights: darknet ``.weights`` or a ``.pt`` checkpoint (ours embeds
         its cfg, so ``cfg`` may be left out; a ``module_list`` state_dict needs it). ``tree``: the
         softmax-tree file of a cfg with ``tree=``. ``warn`` receives the cfg's warnings (default: dropped).
+        ``checkpoint``: whether ``weights`` is a PyTorch checkpoint (default: when it ends in .pt or .pth).
 
         >>> Model.load("yolov3-tiny.cfg", "yolov3-tiny.weights").graph.params  # doctest: +SKIP
         8858734
         """
-        if weights is not None and Path(weights).suffix == ".pt":
+        if checkpoint is None:
+            checkpoint = weights is not None and Path(weights).suffix in CHECKPOINT_SUFFIXES
+        if weights is not None and checkpoint:
             from ..convert import load_checkpoint
 
             graph = load_checkpoint(weights, cfg, warn=warn)

@@ -44,12 +44,12 @@ def warn(message: str) -> None:
         click.echo(f"warning: {message}", err=True)
 
 
-def load_model(cfg: Path | None, weights: Path | None = None) -> Model:
+def load_model(cfg: Path | None, weights: Path | None = None, checkpoint: bool | None = None) -> Model:
     """``Model.load`` with the root's --quiet (cfg warnings on stderr unless given) and --tree."""
     from ..api import Model
 
     tree = click.get_current_context().find_root().obj.get("tree")
-    return Model.load(cfg, weights, tree=tree, warn=warn)
+    return Model.load(cfg, weights, tree=tree, warn=warn, checkpoint=checkpoint)
 
 
 def load(cfg: Path, weights: Path | None = None) -> Graph:

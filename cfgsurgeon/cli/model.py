@@ -9,10 +9,10 @@ import click
 
 from ..errors import UsageError
 from . import main
-from .common import CFG, JSON_TABLE, WEIGHTS, load_model, warn, with_tree
+from .common import CFG, JSON_TABLE, WEIGHTS, load_model
 
 if TYPE_CHECKING:
-    from ..api import Model
+    pass
 
 
 @main.command()
@@ -164,14 +164,5 @@ def convert(cfg: Path | None, weights: Path | None, checkpoint: Path | None, out
     check_output_suffix(output)
     if weights is not None and cfg is None:
         raise UsageError("--weights needs --cfg (a .weights file does not describe its network)")
-    model = load_model(cfg, weights) if weights is not None else _load_checkpoint(cfg, checkpoint)
+    model = load_model(cfg, weights or checkpoint, checkpoint=weights is None)
     click.echo(model.write(output))
-
-
-def _load_checkpoint(cfg: Path | None, checkpoint: Path) -> Model:
-    """A checkpoint whatever its suffix (``Model.load`` reads a checkpoint only from a ``.pt`` path, and
-    eriklindernoren-style checkpoints end in ``.pth``)."""
-    from ..api import Model
-    from ..convert import load_checkpoint
-
-    return Model(with_tree(load_checkpoint(checkpoint, cfg, warn=warn)), cfg, checkpoint)

@@ -359,6 +359,22 @@ def run_demo(
     json_path: Path | None = None,
 ) -> DemoResult:
     """Run every stage into ``outdir``, echo the table and return it (also as ``outdir/results.json``)."""
+    result = run_stages(outdir, echo, cfg, seed, plan, json_path)
+    for line in result_lines(result, plan, outdir):
+        echo(line)
+    return result
+
+
+def run_stages(
+    outdir: Path,
+    echo: Echo,
+    cfg: Path = DEFAULT_CFG,
+    seed: int = 0,
+    plan: DemoPlan = FULL,
+    json_path: Path | None = None,
+) -> DemoResult:
+    """Run every stage into ``outdir`` (``echo`` gets their progress) and return the table's data, also
+    written as ``outdir/results.json`` (and to ``json_path``)."""
     if not cfg.exists():
         raise UsageError(f"the model {cfg} is missing (run the demo from a checkout of cfgsurgeon)")
     outdir.mkdir(parents=True, exist_ok=True)
@@ -409,13 +425,16 @@ def run_demo(
     result = DemoResult(rows, choice, clock.wall, clock.cpu)
     result.seconds["total"] = time.perf_counter() - started[0]
     result.cpu_seconds["total"] = time.process_time() - started[1]
-    for line in table_lines(result, plan):
-        echo(line)
     _write_json(result, outdir / "results.json")
     if json_path is not None:
         _write_json(result, json_path)
-    echo(f"wrote {outdir / 'results.json'}, {outdir / 'gamma_before.png'}, {outdir / 'gamma_after.png'}")
     return result
+
+
+def result_lines(result: DemoResult, plan: DemoPlan, outdir: Path) -> list[str]:
+    """What the demo prints at the end: the table, the summary and the files it wrote."""
+    wrote = f"wrote {outdir / 'results.json'}, {outdir / 'gamma_before.png'}, {outdir / 'gamma_after.png'}"
+    return [*table_lines(result, plan), wrote]
 
 
 def _write_json(result: DemoResult, path: Path) -> None:

@@ -30,6 +30,7 @@ def demo(outdir: Path, seed: int, json_path: Path | None) -> None:
     """The main job on the embedded default model (cfg/yolo-nano.cfg), on a CPU: synthetic dataset, training
     from scratch, sparse training, slim pruning, fine-tuning; a table of P, R, mAP@0.5, params, size, BFLOPs
     and latency per stage, and |γ| histograms before and after sparse training."""
-    from ..demo import run_demo
+    from ..api.training import demo as run_demo
 
-    run_demo(outdir, click.echo, seed=seed, json_path=json_path)
+    report = run_demo(outdir, seed=seed, json_path=json_path, progress=True, log=click.echo)
+    click.echo(str(report))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..emit.quantization import QUANTIZE
 from ..errors import UsageError
-from ..files import refuse_overwrite
 from ..train.options import DISTILL_MODES, LR_POLICIES, OPTIMIZERS, SPARSITY_SCHEDULES, SPARSITY_SCOPES
 from . import main
-from .common import CFG, WEIGHTS_REQUIRED, load
+from .common import CFG, WEIGHTS_REQUIRED, load_model
 
 
 @main.command()
@@ -170,7 +168,17 @@ from .common import CFG, WEIGHTS_REQUIRED, load
     help="Seconds between progress lines when stderr is not a terminal (a log file, nohup).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar or lines (one line per epoch still).")
-def train(output: Path, no_augment: bool, no_progress: bool, **settings) -> None:
+def train(
+    output: Path,
+    cfg: Path | None,
+    weights: Path | None,
+    resume: Path | None,
+    teacher_cfg: Path | None,
+    teacher_weights: Path | None,
+    no_augment: bool,
+    no_progress: bool,
+    **options,
+) -> None:
     """Train a darknet cfg on a darknet dataset: SGD/Adam with darknet's burn-in and lr policy, optional
     sparse training (BN-L1) and distillation; resumable. Under torchrun it runs DDP (gloo on CPU, nccl on
     CUDA) with the same command line.
@@ -188,20 +196,29 @@ def train(output: Path, no_augment: bool, no_progress: bool, **settings) -> None
     cost (measured there) and let the pruned model's fine-tuning recover it. Plain --sparsity without a
     decay schedule shrinks every γ of a pretrained model (darknet's are about 1) and its mAP collapses: the
     guard stops it."""
-    from ..train.trainer import TrainConfig
-    from ..train.trainer import train as run_training
+    from ..api import Model
 
-    if settings["cfg"] is None and settings["resume"] is None and settings["weights"] is None:
+    if cfg is None and resume is None and (weights is None or weights.suffix != ".pt"):
         raise UsageError("give --cfg (or --resume / a .pt --weights)")
-    inputs = [settings[key] for key in ("cfg", "weights", "resume", "teacher_cfg", "teacher_weights", "data")]
-    refuse_overwrite([output / "last.pt"] + [output / f"{p.stem}.weights" for p in inputs if p], inputs)
-    config = TrainConfig(output=output, augment=not no_augment, progress=not no_progress, **settings)
-    result = run_training(config, log=lambda message: click.echo(message, err=True))
-    if result.weights is not None:
-        last = result.epochs[-1] if result.epochs else None
-        summary = f", final loss {last.loss:.4f}" if last else ""
-        best = f"; best valid mAP@0.5 in {result.best}" if result.best else ""
-        click.echo(f"wrote {result.weights} and {result.checkpoint}{summary}{best}")
+    if teacher_cfg is not None and teacher_weights is None:
+        raise UsageError(
+            "--teacher-cfg needs --teacher-weights (a teacher with random weights teaches noise)"
+        )
+    teacher = None if teacher_weights is None else load_model(teacher_cfg, teacher_weights)
+    options.update(
+        teacher=teacher,
+        augment=not no_augment,
+        progress=not no_progress,
+        log=lambda message: click.echo(message, err=True),
+    )
+    if resume is not None:
+        trained = Model.resume(resume, output=output, cfg=cfg, **options)
+    elif cfg is None:
+        trained = load_model(None, weights).train(output=output, **options)
+    else:
+        trained = load_model(cfg).train(output=output, weights=weights, **options)
+    if trained.lines():  # DDP ranks other than 0 write and print nothing
+        click.echo(str(trained))
 
 
 @main.command()
@@ -279,38 +296,34 @@ def train(output: Path, no_augment: bool, no_progress: bool, **settings) -> None
     help="Directory for sparse.weights, sparse.keras, sparse.tflite, report.json and report.md.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def sparsify(cfg: Path, weights: Path, outdir: Path, as_json: bool, **settings) -> None:
+def sparsify(
+    cfg: Path,
+    weights: Path,
+    outdir: Path,
+    as_json: bool,
+    block_size: str,
+    skip_layers: str,
+    prune_whole_model: bool,
+    **options,
+) -> None:
     """Magnitude pruning with TF Model Optimization, written back as darknet .weights.
 
     Without --fine-tune the kernels are pruned once to --final-sparsity (no data needed); with it, the
     PolynomialDecay schedule runs while the model trains on --data. Prints the compression report.
     """
-    from ..sparsify.pipeline import FineTune, Options, outputs
-    from ..sparsify.pipeline import sparsify as run_sparsify
     from ..sparsify.selection import parse_block, parse_indices
 
-    tune = {
-        key: settings.pop(key) for key in ("fine_tune", "data", "epochs", "batch_size", "lr", "max_steps")
-    }
-    if tune["fine_tune"] and tune["data"] is None:
-        raise UsageError("--fine-tune needs --data (a darknet .data file)")
-    if tune["data"] is not None and not tune["fine_tune"]:
-        raise UsageError("--data is for --fine-tune")
-    fine_tune = FineTune(**{k: v for k, v in tune.items() if k != "fine_tune"}) if tune["fine_tune"] else None
-    settings["block"] = parse_block(settings.pop("block_size"))
-    settings["skip"] = parse_indices(settings.pop("skip_layers"))
-    settings["whole_model"] = settings.pop("prune_whole_model")
-    options = Options(**settings, fine_tune=fine_tune)
-    refuse_overwrite(outputs(outdir), [cfg, weights, options.calibration, tune["data"]])
-    graph = load(cfg, weights)
-    report = run_sparsify(graph, weights, outdir, options, note=lambda m: click.echo(m, err=True))
-    if as_json:
-        click.echo(json.dumps(report))
-    else:
-        from ..sparsify.report import lines
-
-        click.echo("\n".join(lines(report)))
-        click.echo(f"wrote {', '.join(str(p) for p in outputs(outdir) if p.exists())}")
+    block, skip = parse_block(block_size), parse_indices(skip_layers)
+    report = load_model(cfg, weights).sparsify(
+        outdir,
+        block=block,
+        skip=skip,
+        whole_model=prune_whole_model,
+        progress=True,
+        log=lambda message: click.echo(message, err=True),
+        **options,
+    )
+    click.echo(report.json() if as_json else str(report))
 
 
 @main.command()
@@ -329,7 +342,9 @@ def sparsify(cfg: Path, weights: Path, outdir: Path, as_json: bool, **settings) 
 @click.option("--seed", default=0, show_default=True, help="Random seed (same options → identical files).")
 def synth(outdir: Path, classes: int, train_images: int, valid_images: int, size: int, seed: int) -> None:
     """Write the synthetic shapes dataset (circle, square, triangle, ...) in darknet format."""
-    from ..train.synthetic import make_synthetic_dataset
+    from ..api.training import synth_dataset
 
-    data = make_synthetic_dataset(outdir, classes, train_images, valid_images, size, seed)
-    click.echo(f"wrote {train_images} train and {valid_images} valid images; dataset file {data}")
+    report = synth_dataset(
+        outdir, classes=classes, train=train_images, valid=valid_images, size=size, seed=seed
+    )
+    click.echo(str(report))

@@ -55,6 +55,7 @@ class Options:
     runs: int = 20
     warmup: int = 3
     threads: int | None = None
+    progress: bool = True  # a bar while timing TFLite, on a terminal
 
 
 OUTPUTS = ("sparse.weights", "sparse.keras", "sparse.tflite", "report.json", "report.md")
@@ -146,16 +147,24 @@ def tflite_section(
                 ("sparse", pruned, target),
             ):
                 figures = measure(
-                    graph, "tflite", options.runs, options.warmup, threads, model=path, label=name
+                    graph,
+                    "tflite",
+                    options.runs,
+                    options.warmup,
+                    threads,
+                    progress=None if options.progress else False,  # None: a bar only on a terminal
+                    model=path,
+                    label=name,
                 )
                 section["latency"][name] = figures
     return section, R.sizes(dense, sparse)
 
 
 def sparsify(
-    graph: Graph, weights: Path, outdir: Path, options: Options, note: Note = lambda _: None
-) -> dict[str, Any]:
-    """Run the whole command on ``graph`` (weights loaded from ``weights``); returns the report."""
+    graph: Graph, weights: Path | None, outdir: Path, options: Options, note: Note = lambda _: None
+) -> tuple[dict[str, Any], Graph]:
+    """Run the whole command on ``graph`` (weights loaded from the file ``weights``, None: set in memory);
+    returns the report and the sparse graph."""
     from ..emit.keras import write_keras
     from ..weights import write_weights
 
@@ -172,7 +181,9 @@ def sparsify(
         "block": list(options.block),
         "layers": rows,
         "overall": R.overall(rows),
-        "sizes": {".weights": R.sizes(weights.read_bytes(), (outdir / "sparse.weights").read_bytes())},
+        "sizes": {
+            ".weights": R.sizes(_dense_bytes(graph, weights), (outdir / "sparse.weights").read_bytes())
+        },
     }
     if history:
         report["fine_tune"] = history
@@ -188,4 +199,15 @@ def sparsify(
         json.dump(report, out, indent=1)
     with atomic_output(outdir / "report.md", "w") as out:
         out.write(R.markdown(report))
-    return report
+    return report, pruned
+
+
+def _dense_bytes(graph: Graph, weights: Path | None) -> bytes:
+    """The dense model's file: ``weights`` as given, or ``graph`` written as darknet ``.weights``."""
+    from ..weights import write_weights
+
+    if weights is not None:
+        return weights.read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_weights(graph, Path(tmp) / "dense.weights")
+        return (Path(tmp) / "dense.weights").read_bytes()

@@ -362,7 +362,7 @@ def load_graph(
     get the init of training from scratch with that seed, ``warn`` names them in one line, and the header's
     ``seen`` restarts at 0 (darknet's burn-in runs again for the changed model)."""
     partial = init_seed is not None and cfg is not None
-    if weights is not None and weights.suffix == ".pt" and not (partial and _embeds_cfg(weights)):
+    if weights is not None and weights.suffix == ".pt" and not (partial and embeds_cfg(weights)):
         return load_checkpoint(weights, cfg, warn)
     if cfg is None:
         raise UsageError("a cfg is needed (--cfg)")
@@ -372,17 +372,24 @@ def load_graph(
     if init_seed is None:
         read_weights(graph, weights)
         return graph
+    return load_matching(graph, weights, init_seed, warn=lambda message: warn(f"warning: {message}"))
+
+
+def load_matching(graph: Graph, weights: Path, seed: int, warn: Callable[[str], None]) -> Graph:
+    """``graph`` (filled in place) starting from ``weights`` of this cfg or of another variant of it: every
+    layer whose tensors match is loaded, the others get the init of training from scratch with ``seed`` and
+    ``warn`` names them in one line, and the header's ``seen`` restarts at 0 when any was left out."""
     unmatched, written_for = _load_matching(graph, weights)
     if unmatched:
         if len(unmatched) == sum(bool(layer.weight_layout()) for layer in graph.layers):
             raise UsageError(f"no layer of {graph.source} matches the tensors of {written_for}", weights)
-        _initialise_as_from_scratch(graph, unmatched, init_seed)
+        _initialise_as_from_scratch(graph, unmatched, seed)
         header = graph.weights_header or WeightsHeader()
         graph.weights_header = WeightsHeader(header.major, header.minor, header.revision, seen=0)
         listed = ", ".join(f"layer {layer.index} [{layer.header}] (line {layer.line})" for layer in unmatched)
         warn(
-            f"warning: {weights} was written for {written_for}; {len(unmatched)} layers of {graph.source} "
-            f"initialised as when training from scratch (seed {init_seed}): {listed}"
+            f"{weights} was written for {written_for}; {len(unmatched)} layers of {graph.source} "
+            f"initialised as when training from scratch (seed {seed}): {listed}"
         )
     return graph
 
@@ -402,7 +409,7 @@ def _load_matching(graph: Graph, weights: Path) -> tuple[list[Layer], str]:
     return take_matching(graph, source), f"its embedded cfg ({source.source})"
 
 
-def _embeds_cfg(checkpoint: Path) -> bool:
+def embeds_cfg(checkpoint: Path) -> bool:
     """Whether ``checkpoint`` is ours, with its cfg; any other (or unreadable) file is left to
     :func:`load_checkpoint`, which reads it against the cfg or says what is wrong with it."""
     try:
@@ -485,31 +492,52 @@ def train(
     dataset: torch.utils.data.Dataset | None = None,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[EpochRecord, Graph], None] | None = None,
+    *,
+    graph: Graph | None = None,
+    teacher: Graph | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``config.cfg`` and return the trained graph and what happened. ``dataset`` replaces
     ``config.data`` (any Dataset of ``(image, targets K×5, path)`` samples, with an optional ``set_epoch``);
-    ``on_epoch`` is called on rank 0 after every epoch with the record and the current weights."""
+    ``on_epoch`` is called on rank 0 after every epoch with the record and the current weights.
+
+    ``graph`` / ``teacher``: models already loaded, used instead of reading ``config.cfg`` and
+    ``config.weights`` / the teacher's files (``graph`` is trained in place: its weights are replaced).
+    ``warn`` receives the warnings (default: ``log`` them as ``warning: ...``)."""
     device = _device(config.device)
     ranks = Ranks.from_env(device)
     if device.type == "cuda":
         device = torch.device("cuda", ranks.local) if device.index is None else device
+    if warn is None:
+        warn = lambda message: log(f"warning: {message}")  # noqa: E731
     try:
-        return _Run(config, device, ranks, log).run(dataset, on_epoch)
+        return _Run(config, device, ranks, log, warn, graph, teacher).run(dataset, on_epoch)
     finally:
         if ranks.started:
             dist.destroy_process_group()
 
 
 class _Run:
-    def __init__(self, config: TrainConfig, device: torch.device, ranks: Ranks, log: Callable[[str], None]):
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: torch.device,
+        ranks: Ranks,
+        log: Callable[[str], None],
+        warn: Callable[[str], None],
+        graph: Graph | None = None,
+        teacher: Graph | None = None,
+    ):
         self.config, self.device, self.ranks = config, device, ranks
         self.log = log if ranks.main else (lambda message: None)
+        self.warn = warn if ranks.main else (lambda message: None)
         self.state = _State()
         resume = config.resume
-        source = resume if resume is not None else config.weights
-        self.graph = load_graph(
-            None if resume else config.cfg, source, warn=self.log, init_seed=None if resume else config.seed
-        )
+        if graph is None:
+            source = resume if resume is not None else config.weights
+            seed = None if resume else config.seed
+            graph = load_graph(None if resume else config.cfg, source, warn=self.log, init_seed=seed)
+        self.graph = graph
         torch.manual_seed(config.seed)  # a model trained from scratch starts from the same weights everywhere
         self.model = DarknetModel(self.graph).to(device)
         for module in self.model.modules():
@@ -532,7 +560,7 @@ class _Run:
         self.fade = ChannelFade(self.model, self.graph, config.fade or {})
         self.optimizer = make_optimizer(self.model, self.graph, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-        self.teacher, self.distiller = self._teacher()
+        self.teacher, self.distiller = self._teacher(teacher)
         self.header = self.graph.weights_header or WeightsHeader()
         if resume is not None:
             self._restore(resume)
@@ -543,15 +571,16 @@ class _Run:
             net_model = nn.parallel.DistributedDataParallel(net_model, device_ids=ids)
         self.net_model = net_model
 
-    def _teacher(self) -> tuple[DarknetModel | None, Distiller | None]:
+    def _teacher(self, graph: Graph | None) -> tuple[DarknetModel | None, Distiller | None]:
         config = self.config
-        if config.teacher_cfg is None and config.teacher_weights is None:
+        if graph is None and config.teacher_cfg is None and config.teacher_weights is None:
             return None, None
-        if config.teacher_weights is None:
+        if graph is None and config.teacher_weights is None:
             raise UsageError(
                 "--teacher-cfg needs --teacher-weights (a teacher with random weights teaches noise)"
             )
-        graph = load_graph(config.teacher_cfg, config.teacher_weights, warn=self.log)
+        if graph is None:
+            graph = load_graph(config.teacher_cfg, config.teacher_weights, warn=self.log)
         distiller = Distiller(
             self.loss.heads, config.distill, config.distill_weight, config.distill_temperature
         )
@@ -612,8 +641,7 @@ class _Run:
         output = Path(config.output)
         if self.ranks.main:
             output.mkdir(parents=True, exist_ok=True)
-            for line in self._summary(len(dataset), per_rank * self.ranks.world, parts, per_epoch, total):  # type: ignore[arg-type]
-                self.log(line)
+            self._start_up(len(dataset), per_rank * self.ranks.world, parts, per_epoch)  # type: ignore[arg-type]
         self.guard = DivergenceGuard(config.diverge_factor, config.diverge_steps)
         self.early = EarlyStop(config.patience, config.max_map_drop)
         self.lines = ProgressLines(self.log, total, config.log_every)
@@ -650,29 +678,33 @@ class _Run:
             return asked
         return (asked or MultiScale(1.4, 32)) if self.config.multiscale else None
 
-    def _summary(self, images: int, batch: int, parts: int, per_epoch: int, total: int) -> list[str]:
-        """What this run will do, before it starts."""
+    def _start_up(self, images: int, batch: int, parts: int, per_epoch: int) -> None:
+        """Log what this run will do, before it starts (with the warning about a test cfg's batch)."""
         config, graph = self.config, self.graph
         net = graph.net
-        lines = [
+        self.log(
             f"model: {config.cfg or config.weights or config.resume} ({len(graph.layers)} layers, "
             f"{graph.params:,} params, {graph.bflops:.3f} BFLOPs at {net.width}×{net.height}, "
             f"{self.loss.heads[0].classes if self.loss.heads else '?'} classes); device {self.device}"
-        ]
+        )
         if config.batch is None and opt.integer(net, "batch", 1) <= 1:
-            lines.append(
-                f"warning: the cfg's [net] batch=1 is a test setting; training with batch {batch} "
+            self.warn(
+                f"the cfg's [net] batch=1 is a test setting; training with batch {batch} "
                 "(choose with --batch / --subdivisions)"
             )
+        for line in self._summary(images, batch, parts, per_epoch):
+            self.log(line)
+
+    def _summary(self, images: int, batch: int, parts: int, per_epoch: int) -> list[str]:
+        """What this run will do, after the model line."""
+        config = self.config
         every = "every epoch" if config.eval_every == 1 else f"every {config.eval_every} epochs"
         valid = f", {len(self.valid)} valid images evaluated {every}" if self.valid else ""
-        lines.append(
+        lines = [
             f"data: {images} training images{valid}; batch {batch} in {parts} subdivisions, "
-            f"{per_epoch} steps per epoch, {config.epochs} epochs"
-        )
-        lines.append(
-            f"schedule: {self.schedule.describe()}; optimizer {self.optimizer.__class__.__name__.lower()}"
-        )
+            f"{per_epoch} steps per epoch, {config.epochs} epochs",
+            f"schedule: {self.schedule.describe()}; optimizer {self.optimizer.__class__.__name__.lower()}",
+        ]
         if self.multiscale:
             lines.append(
                 f"multi-scale: input sizes from ×1/{self.multiscale.factor:g} to ×{self.multiscale.factor:g} "

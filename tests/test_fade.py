@@ -165,3 +165,29 @@ def test_prune_by_taylor_needs_data_and_gives_the_api_result(nano, tmp_path):
     assert (tmp_path / "cli" / "pruned.weights").read_bytes() == (
         tmp_path / "api" / "pruned.weights"
     ).read_bytes()
+
+
+def test_a_taylor_analysis_records_importance_that_its_plan_and_prune_reuse(nano, tmp_path):
+    from cfgsurgeon import Model
+    from cfgsurgeon.randinit import random_weights
+    from cfgsurgeon.train.importance import taylor_importance
+    from cfgsurgeon.weights import write_weights
+
+    cfg, data = nano
+    graph = load_cfg(cfg, warn=lambda message: None)
+    random_weights(graph, seed=4)
+    write_weights(graph, tmp_path / "nano.weights")
+    model = Model.load(cfg, tmp_path / "nano.weights")
+    analysis = model.sensitivity(
+        data, tmp_path / "sens", rates=(0.5,), criterion="taylor", images=4, proxy=True
+    )
+    measured = taylor_importance(graph, data, images=64)
+    assert analysis.data["importance"] == {str(k): v.tolist() for k, v in measured.items()}
+    plan = model.plan(analysis, target_bflops=0.8)
+    assert plan.data["importance"] == analysis.data["importance"] and plan.data["criterion"] == "taylor"
+    pruned = model.prune(plan=plan.data, verify=False)  # no data: the plan carries the importance
+    by_data = model.prune(
+        plan={"rates": plan.rates, "criterion": "taylor"}, data=data, importance_images=64, verify=False
+    )
+    assert pruned.model.graph.signature() == by_data.model.graph.signature()
+    assert pruned.model.bflops <= 0.8 * model.bflops

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import UsageError
 from ..ir import Graph
 from .cost import WidthCost, graph_cost
-from .criteria import CRITERIA, normalizer, unit_scores
+from .criteria import CRITERIA, attach_importance, normalizer, unit_scores
 from .groups import ChannelAnalysis, Group, analyse
 from .prune import PruneResult, apply_keep, require_weights
 from .select import RoundTo, Spaces, check_round_to, keep_every_layer, round_widths
@@ -205,6 +205,9 @@ def make_plan(
     if optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer '{optimizer}' (one of: {', '.join(OPTIMIZERS)})")
     criterion = sensitivity.get("criterion", "bn-gamma")
+    importance = sensitivity.get("importance") if criterion == "taylor" else None
+    if importance is not None:  # the importance the analysis measured chooses the channels here too
+        graph = attach_importance(graph, importance)
     planner = Planner(graph, criterion, round_to, seed, normalize)
     options = predicted_losses(sensitivity)
     planner.check({key: 0.0 for key in options})
@@ -220,7 +223,8 @@ def make_plan(
         search = _Search(planner, options, name, goal, tolerance)
         rates = search.land(_OPTIMISERS[optimizer](search, map_weight))
         target = {"measure": name, "share": share}
-    return search.plan(rates, optimizer, target)
+    plan = search.plan(rates, optimizer, target)
+    return plan if importance is None else {**plan, "importance": importance}
 
 
 class _Search:

@@ -147,6 +147,7 @@ def _run_step(
 ) -> dict[str, Any]:
     from ..emit.cfg import write_cfg
     from ..surgery.plan import make_plan, prune_units
+    from ..train.importance import with_importance
     from ..weights import write_weights
     from .sensitivity import sensitivity
 
@@ -167,6 +168,7 @@ def _run_step(
         progress=_analysis_progress(number, say),
         warn=say,
     )
+    graph = with_importance(graph, settings.criterion, known=analysis.get("importance"))
     plan = make_plan(
         analysis,
         graph,

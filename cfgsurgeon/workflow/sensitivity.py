@@ -52,6 +52,7 @@ from ..surgery.criteria import CRITERIA
 from ..surgery.plan import Unit, prunable_units, prune_units
 from ..train.dataset import DataSpec, DetectionDataset, find_label, make_loader, read_data_file
 from ..train.evaluate import _check_labels, predict, score
+from ..train.importance import recorded, with_importance
 from ..weights import stored_floats
 
 VERSION = 1
@@ -72,6 +73,7 @@ def sensitivity(
     progress: Progress | None = None,
     warn: Callable[[str], None] = print,
     weights: str | Path | None = None,
+    importance_images: int = 64,
 ) -> dict:
     """The analysis of ``graph`` (weights loaded; left unchanged) on ``data``'s valid split (module doc).
 
@@ -80,6 +82,8 @@ def sensitivity(
     inputs (refused when they differ); ``progress(done, total, what)``: after the baseline and after every
     unit × rate, once the state is written; ``weights``: the file the weights came from, recorded as given
     (the cfg is recorded as ``graph.source``). The model and the images are identified by their content.
+    ``criterion="taylor"`` measures importance on ``importance_images`` training photos (once: the analysis
+    records it, and plans made from it use the same).
     """
     rates = _check_rates(rates)
     if criterion not in CRITERIA:
@@ -105,8 +109,15 @@ def sensitivity(
         },
     }
     previous = _resumed(Path(state), header, units) if state is not None and Path(state).exists() else None
+    known = previous.get("importance") if previous is not None else None
+    graph = with_importance(graph, criterion, data, importance_images, known)
     run = _Run(graph, dataset, spec.names, not proxy)
-    result = previous or {**header, "baseline": run.baseline(), "units": [_unit_entry(u) for u in units]}
+    result = previous or {
+        **header,
+        **recorded(graph),
+        "baseline": run.baseline(),
+        "units": [_unit_entry(u) for u in units],
+    }
     return _measure_units(run, result, units, criterion, state, progress or _quiet)
 
 

@@ -46,6 +46,7 @@ from ..surgery.prune import choose, prune
 from ..surgery.select import STRATEGIES
 from ..train.dataset import DetectionDataset, read_data_file
 from ..train.evaluate import evaluate
+from ..train.importance import with_importance
 from ..train.monitor import format_duration
 from ..train.trainer import TrainConfig, TrainingDiverged, train
 from ..weights import WeightsHeader, read_weights, write_weights
@@ -187,6 +188,7 @@ def sweep(
     refuse_overwrite(_outputs(output, cfg, settings.ratios), [cfg, weights, data])
     graph = load_cfg(cfg, warn=lambda line: None)  # the caller read the model (and showed its warnings)
     read_weights(graph, weights)
+    graph = with_importance(graph, settings.criterion, data)  # taylor: measured on the training images
     context = _Context(graph, cfg, data, output, settings, say, verbose)
     state = _open_state(context, weights)
     pending = [ratio for ratio in settings.ratios if _row(state, ratio) is None]

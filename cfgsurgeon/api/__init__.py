@@ -6,11 +6,13 @@ from .editing import Initialized, Preview, Pruned, Retargeted, Written
 from .model import Model, Saved, Summary
 from .report import Lines, Report
 from .running import Benched, BenchReport, Detections, Evaluation, Exported, bench
+from .training import DemoReport, Sparsified, Synthesized, Trained, demo, synth_dataset
 from .workflows import Iteration, Plan, Sensitivity, Sweep
 
 __all__ = [
     "BenchReport",
     "Benched",
+    "DemoReport",
     "Detections",
     "Evaluation",
     "Exported",
@@ -25,8 +27,13 @@ __all__ = [
     "Retargeted",
     "Saved",
     "Sensitivity",
+    "Sparsified",
     "Summary",
     "Sweep",
+    "Synthesized",
+    "Trained",
     "Written",
     "bench",
+    "demo",
+    "synth_dataset",
 ]

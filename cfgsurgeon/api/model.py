@@ -134,7 +134,10 @@ class Model(Editing, Running, Training, Workflows):
         return to_torch(self.graph)
 
     def copy(self) -> Model:
-        """An independent copy (graph and weights)."""
+        """An independent copy (graph and weights), e.g. to edit ``graph`` by hand.
+
+        >>> twin = model.copy()  # doctest: +SKIP
+        """
         return Model(self.graph.clone(), self.cfg, self.weights)
 
     def __repr__(self) -> str:

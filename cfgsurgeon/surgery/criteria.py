@@ -16,6 +16,12 @@ for comparison.
 BN γ stay raw by default: after sparse training (slim) the same L1 penalty has pushed every layer's γ on one
 scale, and a global γ threshold is what darknet pruning users mean by slim; normalising would undo that.
 ``"auto"`` is therefore ``"none"`` for bn-gamma and random, ``"mean"`` for the filter norms.
+
+``taylor`` is the one criterion that looks at data: each channel's first-order loss change on training
+images (:mod:`cfgsurgeon.train.importance` measures it; :func:`attach_importance` hands it to the graph). It
+is in loss units, the same in every layer, so it stays raw too. On a COCO model fine-tuned to four classes
+it finds the channels those classes do not use, which γ and weight norms cannot: at half the BFLOPs, without
+fine-tuning, its plan kept valid mAP@0.5 0.40 where bn-gamma's kept 0.00 (README, "Deciding where to prune").
 """
 
 from __future__ import annotations

@@ -930,7 +930,7 @@ def test_regular_width_of_a_conv_split_between_groups():
     ("kwargs", "message"),
     [
         ({"method": "magic", "percent": 0.1}, "unknown method 'magic'"),
-        ({"method": "slim", "percent": 0.1, "criterion": "taylor"}, "unknown criterion 'taylor'"),
+        ({"method": "slim", "percent": 0.1, "criterion": "hessian"}, "unknown criterion 'hessian'"),
         ({"method": "slim"}, "exactly one of --percent and --threshold"),
         ({"method": "slim", "percent": 0.1, "threshold": 0.1}, "exactly one of --percent and --threshold"),
         ({"method": "slim", "percent": 1.0}, r"--percent must be in \[0, 1\)"),

@@ -6,7 +6,7 @@ Adding a command is adding a module, never editing a shared list:
 * create ``cfgsurgeon/cli/<topic>.py`` and decorate the command with ``@main.command()``, where ``main``
   comes from ``from . import main``; every module of this package whose name does not start with ``_`` is
   imported below (sorted by name), which registers its commands;
-* take the shared options and helpers (``CFG``, ``WEIGHTS``, ``JSON_TABLE``, ``load``, ``warn``) from
+* take the shared options and helpers (``CFG``, ``WEIGHTS``, ``JSON_TABLE``, ``load_model``, ``warn``) from
   ``.common``, and ``click.Choice`` lists from the library's tables (``surgery.prune.METHODS``, ...);
 * import the library (and any framework) inside the command function, so ``--help`` stays fast;
 * the command parses, calls the library once and prints; library errors name parameters as `name`, and

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..ir import Graph
-
 if TYPE_CHECKING:
     from ..api import Model
 
@@ -50,16 +48,6 @@ def load_model(cfg: Path | None, weights: Path | None = None, checkpoint: bool |
 
     tree = click.get_current_context().find_root().obj.get("tree")
     return Model.load(cfg, weights, tree=tree, warn=warn, checkpoint=checkpoint)
-
-
-def load(cfg: Path, weights: Path | None = None) -> Graph:
-    return load_model(cfg, weights).graph
-
-
-def with_tree(graph: Graph) -> Graph:
-    tree = click.get_current_context().find_root().obj.get("tree")
-    graph.tree_file = None if tree is None else str(tree)
-    return graph
 
 
 # The flag of each library parameter that a UsageError names (as `name`); a name not listed stays as it is.

@@ -535,22 +535,11 @@ class Retargeted(Report):
     def save(self, directory: str | Path) -> Lines:
         """Write ``NAME.cfg`` and (with weights) ``NAME.weights``, named after the model's files, into
         ``directory`` (never over an input, names files included). Returns the command's output."""
-        from ..files import refuse_overwrite
-
-        directory = Path(directory)
-        refuse_overwrite(list(_save_paths(self.model, directory)), list(self._name_files))
-        saved = self.model.save(directory)
+        saved = self.model.save(directory, inputs=self._name_files)
         lines = [f"wrote {saved.cfg} ({self.classes} classes)", *self.lines()]
         if saved.weights is not None:
             lines.append(f"wrote {saved.weights} ({saved.weights_bytes:,} bytes, seen=0)")
         return Lines(lines)
-
-
-def _save_paths(model: Model, directory: Path) -> tuple[Path, Path]:
-    """The two files :meth:`Model.save` writes into ``directory`` (its naming rule, to check them first)."""
-    cfg_name = model.cfg.stem if model.cfg else "model"
-    weights_name = (model.weights or model.cfg).stem if (model.weights or model.cfg) else "model"
-    return directory / f"{cfg_name}.cfg", directory / f"{weights_name}.weights"
 
 
 class Initialized(Report):

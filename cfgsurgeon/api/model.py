@@ -4,7 +4,7 @@ per thing the command line does. Every method returns a value; nothing prints un
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,9 +103,12 @@ class Model(Editing, Running, Training, Workflows):
         """
         return Summary(self.graph, with_gamma=self.has_weights)
 
-    def save(self, directory: str | Path, name: str | None = None) -> Saved:
+    def save(
+        self, directory: str | Path, name: str | None = None, inputs: Sequence[str | Path] = ()
+    ) -> Saved:
         """Write ``NAME.cfg`` (and ``NAME.weights`` when the model has weights) into ``directory``; ``name``
-        defaults to the cfg's stem. Refuses to overwrite the files the model was read from.
+        defaults to the cfg's stem. Refuses to overwrite the files the model was read from, or ``inputs``
+        (other files the caller read, e.g. a names file).
 
         >>> model.save("out")  # doctest: +SKIP
         """
@@ -117,7 +120,7 @@ class Model(Editing, Running, Training, Workflows):
         cfg_name = name or (self.cfg.stem if self.cfg else "model")
         weights_name = name or ((self.weights or self.cfg).stem if (self.weights or self.cfg) else "model")
         out_cfg, out_weights = directory / f"{cfg_name}.cfg", directory / f"{weights_name}.weights"
-        refuse_overwrite([out_cfg, out_weights], [self.cfg, self.weights])
+        refuse_overwrite([out_cfg, out_weights], [self.cfg, self.weights, *map(Path, inputs)])
         directory.mkdir(parents=True, exist_ok=True)
         write_cfg(self.graph, out_cfg)
         if not self.has_weights:

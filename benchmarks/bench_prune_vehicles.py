@@ -32,7 +32,7 @@ from cfgsurgeon import load_cfg, read_weights, write_cfg, write_weights  # noqa:
 from cfgsurgeon.bench import ModelSpec, bench, table_lines  # noqa: E402
 from cfgsurgeon.errors import UsageError  # noqa: E402
 from cfgsurgeon.surgery.criteria import attach_importance  # noqa: E402
-from cfgsurgeon.surgery.plan import Planner, make_plan, prune_units  # noqa: E402
+from cfgsurgeon.surgery.plan import make_plan, plan_channels, prune_units  # noqa: E402
 from cfgsurgeon.surgery.target import prune_to_target  # noqa: E402
 from cfgsurgeon.train.importance import taylor_importance  # noqa: E402
 from cfgsurgeon.workflow.iterate import IterateSettings, iterate  # noqa: E402
@@ -97,7 +97,7 @@ def stage_plan(start: dict, folder: Path, target: float, args) -> dict:
     result = prune_units(graph, plan["rates"], plan["criterion"], plan["round_to"])
     row = {"plan": plan["rates"], "epochs": args.fade_epochs + args.finetune_epochs}
     if args.fade_epochs:
-        channels = Planner(graph, plan["criterion"], plan["round_to"]).removed_channels(plan["rates"])
+        channels = plan_channels(graph, plan)
         log(f"plan: {plan['rates']}; fading {sum(map(len, channels.values()))} channels")
         faded = run_training(
             start, folder / "fade", args, args.fade_epochs, final=True, fade=channels, max_map_drop=1.0

@@ -35,6 +35,7 @@ from cfgsurgeon.surgery.criteria import attach_importance  # noqa: E402
 from cfgsurgeon.surgery.plan import make_plan, plan_channels, prune_units  # noqa: E402
 from cfgsurgeon.surgery.target import prune_to_target  # noqa: E402
 from cfgsurgeon.train.importance import taylor_importance  # noqa: E402
+from cfgsurgeon.train.options import DISTILL_MODES  # noqa: E402
 from cfgsurgeon.workflow.iterate import IterateSettings, iterate  # noqa: E402
 from cfgsurgeon.workflow.sensitivity import sensitivity  # noqa: E402
 
@@ -72,10 +73,10 @@ def stage_iterate(start: dict, folder: Path, target: float, step: float, args) -
     return row
 
 
-def stage_plan(start: dict, folder: Path, target: float, args) -> dict:
+def stage_plan(start: dict, folder: Path, target: float, epochs: int, args) -> dict:
     """[importance on training images (``--criterion taylor``)] → sensitivity → plan → [prune-aware
     training: the plan's channels fade to 0 over ``--fade-epochs``] → the plan's prune →
-    ``--finetune-epochs`` of fine-tuning; ``target``: share of ``start``'s BFLOPs. Wall and CPU time of the
+    ``epochs`` of fine-tuning; ``target``: share of ``start``'s BFLOPs. Wall and CPU time of the
     whole recipe are recorded."""
     wall, cpu = time.perf_counter(), time.process_time()
     graph = load_cfg(Path(start["cfg"]), warn=lambda m: None)
@@ -95,7 +96,7 @@ def stage_plan(start: dict, folder: Path, target: float, args) -> dict:
     )
     plan = make_plan(analysis, graph, target_bflops=target, round_to=args.round_to)
     result = prune_units(graph, plan["rates"], plan["criterion"], plan["round_to"])
-    row = {"plan": plan["rates"], "epochs": args.fade_epochs + args.finetune_epochs}
+    row = {"plan": plan["rates"], "epochs": args.fade_epochs + epochs}
     if args.fade_epochs:
         channels = plan_channels(graph, plan)
         log(f"plan: {plan['rates']}; fading {sum(map(len, channels.values()))} channels")
@@ -111,7 +112,8 @@ def stage_plan(start: dict, folder: Path, target: float, args) -> dict:
     write_weights(result.pruned, folder / "pruned" / "yolov3-tiny.weights")
     row["pruned"] = scores(folder / "pruned" / "yolov3-tiny.cfg", folder / "pruned" / "yolov3-tiny.weights")
     log(f"plan {plan['rates']}: pruned valid mAP@0.5 {row['pruned']['valid']['mAP50']:.3f}")
-    row = {**run_training(row["pruned"], folder / "finetune", args, args.finetune_epochs), **row}
+    finetune = run_training(row["pruned"], folder / "finetune", args, epochs, **teacher(args))
+    row = {**finetune, **row}
     row["recipe_seconds"] = round(time.perf_counter() - wall, 1)
     row["recipe_cpu_seconds"] = round(time.process_time() - cpu, 1)
     return row
@@ -136,11 +138,16 @@ def stage_slim(start: dict, folder: Path, bflops: float, epochs: int, args) -> d
 
 
 def teacher(args) -> dict:
-    """Fine-tuning distils from the fine-tuned baseline (--no-distill: labels only)."""
-    if not args.distill:
+    """Every fine-tuning after a prune (the recipe's and uniform slim's alike) distils from the fine-tuned
+    baseline in ``--distill`` mode (``none``: labels only)."""
+    if args.distill == "none":
         return {}
     folder = args.out / "finetune"
-    return {"teacher_cfg": folder / "yolov3-tiny.cfg", "teacher_weights": folder / "yolov3-tiny_best.weights"}
+    return {
+        "teacher_cfg": folder / "yolov3-tiny.cfg",
+        "teacher_weights": folder / "yolov3-tiny_best.weights",
+        "distill": args.distill,
+    }
 
 
 def training_options(args) -> dict:
@@ -205,7 +212,12 @@ def main() -> None:
     parser.add_argument(
         "--skip-second-slim", action="store_true", help="no uniform slim at the second target"
     )
-    parser.add_argument("--no-distill", dest="distill", action="store_false")
+    parser.add_argument(
+        "--distill",
+        choices=("none", *DISTILL_MODES),
+        default="detection",
+        help="distillation from the baseline in every fine-tuning after a prune",
+    )
     parser.add_argument(
         "--recipe",
         choices=("plan", "iterate"),
@@ -215,6 +227,9 @@ def main() -> None:
     parser.add_argument("--fade-epochs", type=int, default=0, help="prune-aware training before the prune")
     parser.add_argument("--importance-images", type=int, default=128, help="--criterion taylor: images")
     parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument(
+        "--second-epochs", type=int, default=0, help="fine-tuning at the second target (0: --finetune-epochs)"
+    )
     parser.add_argument("--round-to", type=int, default=1)
     args = parser.parse_args()
     out = args.out
@@ -222,14 +237,19 @@ def main() -> None:
     recipe = args.recipe
     if recipe == "plan":  # the folders say what ran; iterate's keep their first names
         recipe = f"plan-{args.criterion}" + (f"-fade{args.fade_epochs}" if args.fade_epochs else "")
+        recipe += "" if args.distill == "none" else f"-kd-{args.distill}"
+        recipe += f"-e{args.finetune_epochs}"
     slim_tag = "slim" if recipe == "iterate" else f"slim-{recipe}"
 
-    def reduce(start: dict, tag: str, share: float, step: float) -> dict:
+    def reduce(start: dict, tag: str, share: float, step: float, epochs: int) -> dict:
         if recipe != "iterate":
-            return stage_plan(start, out / tag, share, args)
+            return stage_plan(start, out / tag, share, epochs, args)
         return stage_iterate(start, out / tag, share, step, args)
 
-    first = cached(out / f"{recipe}-50.json", lambda: reduce(base, f"{recipe}-50", args.target, args.step))
+    first = cached(
+        out / f"{recipe}-50.json",
+        lambda: reduce(base, f"{recipe}-50", args.target, args.step, args.finetune_epochs),
+    )
     rows = [("fine-tuned baseline", base), (f"{recipe} to {args.target:.0%}", first)]
     slim = cached(
         out / f"{slim_tag}-50.json",
@@ -238,18 +258,19 @@ def main() -> None:
     rows.append((f"uniform slim, same BFLOPs, {first['epochs']} epochs", slim))
     if not args.skip_second:
         share = args.second_target * base["bflops"] / first["bflops"]
+        second_epochs = args.second_epochs or args.finetune_epochs
         second = cached(
             out / f"{recipe}-30.json",
-            lambda: reduce(first, f"{recipe}-30", share, min(args.step * 2, 1 - share)),
+            lambda: reduce(first, f"{recipe}-30", share, min(args.step * 2, 1 - share), second_epochs),
         )
-        second_epochs = first["epochs"] + second["epochs"]
         rows.append((f"{recipe} to {args.second_target:.0%}", second))
         if not args.skip_second_slim:
+            both = first["epochs"] + second["epochs"]
             slim2 = cached(
                 out / f"{slim_tag}-30.json",
-                lambda: stage_slim(base, out / f"{slim_tag}-30", second["bflops"], second_epochs, args),
+                lambda: stage_slim(base, out / f"{slim_tag}-30", second["bflops"], both, args),
             )
-            rows.append((f"uniform slim, same BFLOPs, {second_epochs} epochs", slim2))
+            rows.append((f"uniform slim, same BFLOPs, {both} epochs", slim2))
     latency_file = "latency.json" if recipe == "iterate" else f"latency-{recipe}.json"
     ms = cached(out / latency_file, lambda: latency(rows, args.backend))
     steps = []

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
 from ..surgery.criteria import CRITERIA
 from ..surgery.plan import OPTIMIZERS
 from . import main
 from .common import CFG, FLAGS, WEIGHTS_REQUIRED, load_model
+from .prune import RoundTo
 from .sensitivity import _rates
 
 # This command's parameters, as the library's messages name them (`step`, ...), shown as its flags.
@@ -23,16 +23,6 @@ FLAGS.update(
         "round_to": "--round-to",
     }
 )
-FLAGS.setdefault("data", "--data")
-
-
-def _round_to(text: str) -> int | str:
-    if text == "pow2":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"`round_to` '{text}': expected a positive integer or pow2") from None
 
 
 @main.command()
@@ -105,7 +95,9 @@ def _round_to(text: str) -> int | str:
     type=click.Choice(OPTIMIZERS),
     help="How a step's plan chooses the rates (see `plan --help`).",
 )
-@click.option("--round-to", default="1", show_default=True, help="Kept widths: multiples of N, or pow2.")
+@click.option(
+    "--round-to", type=RoundTo(), default=1, show_default=True, help="Kept widths: multiples of N, or pow2."
+)
 @click.option("--batch", type=click.IntRange(1), help="Fine-tuning: images per step (default: the cfg's).")
 @click.option("--lr", type=float, help="Fine-tuning: base learning rate (default: the cfg's).")
 @click.option("--device", default="auto", show_default=True, help="Fine-tuning device: auto, cpu, cuda[:N].")
@@ -130,7 +122,7 @@ def iterate(
     map_analysis: bool,
     images: int,
     planner: str,
-    round_to: str,
+    round_to: int | str,
     batch: int | None,
     lr: float | None,
     device: str,
@@ -159,7 +151,7 @@ def iterate(
         proxy=not map_analysis,
         images=images,
         optimizer=planner,
-        round_to=_round_to(round_to),
+        round_to=round_to,
         batch=batch,
         lr=lr,
         device=device,

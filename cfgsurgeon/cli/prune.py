@@ -15,7 +15,7 @@ from .common import CFG, load_model
 
 
 class RoundTo(click.ParamType):
-    """``--round-to N`` (a positive integer) or ``--round-to pow2``."""
+    """``--round-to N`` (a positive integer) or ``--round-to pow2``; a bad value is a one-line error."""
 
     name = "N|pow2"
 
@@ -27,7 +27,7 @@ class RoundTo(click.ParamType):
         except ValueError:
             number = 0
         if number < 1:
-            self.fail(f"expected a positive integer or '{POW2}', found '{value}'", param, ctx)
+            raise UsageError(f"`round_to` expects a positive integer or '{POW2}', found '{value}'")
         return number
 
 

@@ -14,7 +14,6 @@ from .common import CFG, FLAGS, WEIGHTS_REQUIRED, load_model, warn
 
 # This command's parameters, as the library's messages name them (`rates`, ...), shown as its flags.
 FLAGS.update({"rates": "--rates", "criterion": "--criterion", "images": "--images", "proxy": "--proxy"})
-FLAGS.setdefault("data", "--data")
 
 
 def _rates(text: str) -> list[float]:

@@ -27,7 +27,6 @@ FLAGS.update(
         "force": "--force",
     }
 )
-FLAGS.setdefault("data", "--data")
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,3 +33,12 @@ def refuse_overwrite(outputs: list[Path], inputs: list[Path | None]) -> None:
         for source in inputs:
             if source is not None and out.exists() and Path(source).exists() and out.samefile(source):
                 raise UsageError(f"refusing to overwrite the input file {source}; choose another output")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks (inputs can be GBs)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -71,6 +71,8 @@ FLAGS = {
     "size": "--size",
     "skip": "--skip-layers",
     "specs": "--cfg",
+    "target_bflops": "--target-bflops",
+    "target_params": "--target-params",
     "threads": "--threads",
     "threshold": "--threshold",
     "tree": "--tree",

@@ -34,11 +34,11 @@ def target_measure(target_bflops: float | None, target_params: float | None) -> 
         if value is not None
     }
     if len(given) != 1:
-        raise UsageError("give exactly one target: --target-bflops or --target-params")
+        raise UsageError("give exactly one target: `target_bflops` or `target_params`")
     ((measure, share),) = given.items()
     if not 0 < share <= 1:
         raise UsageError(
-            f"--target-{measure} is a share of the original model's {measure}: in (0, 1], found {share}"
+            f"`target_{measure}` is a share of the original model's {measure}: in (0, 1], found {share}"
         )
     return measure, share
 

@@ -45,7 +45,7 @@ from ..detect import _common_classes, head_layers
 from ..emit.cfg import cfg_text
 from ..emit.torch import to_torch
 from ..errors import UsageError
-from ..files import atomic_output
+from ..files import atomic_output, file_sha256
 from ..ir import Graph
 from ..postprocess import decode
 from ..surgery.criteria import CRITERIA
@@ -176,19 +176,11 @@ def _calibration_images(
 # -- hashing the inputs and resuming -------------------------------------------------------------------------
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _data_sha256(spec: DataSpec, dataset: _Prepared) -> str:
     """The ``.data`` file, and the name, bytes and label file of every image analysed."""
     digest = hashlib.sha256(spec.source.read_bytes())
     for image in dataset.images:
-        digest.update(str(image).encode() + b"\0" + _file_sha256(image).encode())
+        digest.update(str(image).encode() + b"\0" + file_sha256(image).encode())
         label = find_label(image)
         digest.update(b"\0" if label is None else label.read_bytes())
     return digest.hexdigest()

@@ -38,7 +38,7 @@ from ..convert import load_checkpoint
 from ..detect import _common_classes, head_layers
 from ..emit.cfg import write_cfg
 from ..errors import UsageError
-from ..files import atomic_output, refuse_overwrite
+from ..files import atomic_output, file_sha256, refuse_overwrite
 from ..ir import Graph, load_cfg
 from ..runtimes import BENCH_BACKENDS
 from ..surgery.criteria import CRITERIA
@@ -50,7 +50,6 @@ from ..train.importance import with_importance
 from ..train.monitor import format_duration
 from ..train.trainer import TrainConfig, TrainingDiverged, train
 from ..weights import WeightsHeader, read_weights, write_weights
-from .sensitivity import _file_sha256
 
 VERSION = 1
 STATE_NAME = "sweep.json"
@@ -370,9 +369,9 @@ def _open_state(context: _Context, weights: Path) -> dict[str, Any]:
         "data": str(context.data),
         "settings": context.settings.identity(),
         "inputs": {
-            "cfg_sha256": _file_sha256(context.cfg),
-            "weights_sha256": _file_sha256(weights),
-            "data_sha256": _file_sha256(context.data),
+            "cfg_sha256": file_sha256(context.cfg),
+            "weights_sha256": file_sha256(weights),
+            "data_sha256": file_sha256(context.data),
         },
     }
     path = context.output / STATE_NAME

@@ -191,3 +191,19 @@ def test_a_taylor_analysis_records_importance_that_its_plan_and_prune_reuse(nano
     )
     assert pruned.model.graph.signature() == by_data.model.graph.signature()
     assert pruned.model.bflops <= 0.8 * model.bflops
+
+
+def test_taylor_importance_is_zero_for_a_convolution_no_head_reads(nano, tmp_path):
+    from cfgsurgeon.randinit import random_weights
+    from cfgsurgeon.train.importance import taylor_importance
+
+    cfg, data = nano
+    dangling = tmp_path / "dangling.cfg"
+    extra = "\n[convolutional]\nbatch_normalize=1\nfilters=4\nsize=1\nstride=1\npad=1\nactivation=leaky\n"
+    dangling.write_text(cfg.read_text() + extra)
+    graph = load_cfg(dangling, warn=lambda message: None)
+    random_weights(graph, seed=1)
+    scores = taylor_importance(graph, data, images=4, batch=4)
+    last = len(graph.layers) - 1
+    assert scores[last].tolist() == [0.0] * 4
+    assert all(scores[index].any() for index in scores if index != last)

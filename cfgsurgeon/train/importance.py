@@ -67,14 +67,14 @@ def taylor_importance(
 
 
 def _first_order_change(block: torch.nn.Module) -> np.ndarray:
-    """Per output channel, the loss change to first order when the channel's scale goes to 0."""
+    """Per output channel, the loss change to first order when the channel's scale goes to 0 (0 for a
+    convolution the loss does not reach, e.g. one feeding no head)."""
     bn = getattr(block, "bn", None)
-    if bn is not None:
-        change = bn.weight.detach() * bn.weight.grad
-    else:
-        conv = block.conv
-        change = (conv.weight.detach() * conv.weight.grad).flatten(1).sum(1)
-    return change.double().numpy()
+    scale = bn.weight if bn is not None else block.conv.weight
+    if scale.grad is None:
+        return np.zeros(scale.shape[0])
+    change = scale.detach() * scale.grad
+    return change.flatten(1).sum(1).double().numpy() if bn is None else change.double().numpy()
 
 
 def with_importance(

@@ -19,10 +19,12 @@ import types
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import MODELS_DIR, SHARED_MARK
+from conftest import MODELS_DIR, REPORT, SHARED_MARK, ZOO
 
 from cfgsurgeon import UsageError
+from cfgsurgeon import layers as L
 from cfgsurgeon.ultralytics.pickled import read_pickled
 from cfgsurgeon.ultralytics.yolov5 import read_checkpoint
 
@@ -187,3 +189,187 @@ def test_reader_takes_architecture_names_and_fp32_tensors() -> None:
     # the v5 yaml's anchors in pixels, recovered from the grid-unit buffer × stride
     assert checkpoint.anchors == [[float(v) for v in row] for row in checkpoint.yaml["anchors"]]
     assert checkpoint.state["model.0.conv.weight"].shape == (16, 3, 6, 6)
+
+
+@pytest.fixture(scope="module")
+def imported():
+    from cfgsurgeon.api.importing import import_checkpoint
+
+    return import_checkpoint(need_yolov5n())
+
+
+def photo_input(graph, name: str = "dog.jpg") -> np.ndarray:
+    from cfgsurgeon.images import load_image, network_input
+
+    return network_input(graph, load_image(ZOO / "images" / name))[None].astype(np.float32)
+
+
+def head_convs(graph) -> list[int]:
+    """The 1×1 logistic conv feeding each [yolo]: YOLOv5's Detect output after its sigmoid."""
+    return [layer.index - 1 for layer in graph.layers if isinstance(layer, L.Yolo)]
+
+
+@SHARED_MARK
+def test_darknet_layers_follow_the_yaml(imported) -> None:
+    layers = imported.model.layers
+    yolos = [layer for layer in layers if isinstance(layer, L.Yolo)]
+    assert [(y.new_coords, y.scale_x_y, y.classes, y.mask) for y in yolos] == [
+        (1, 2.0, 80, [0, 1, 2]),
+        (1, 2.0, 80, [3, 4, 5]),
+        (1, 2.0, 80, [6, 7, 8]),
+    ]
+    assert yolos[0].anchors == [10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326]
+    assert [layer.out_shape[1:] for layer in yolos] == [(80, 80), (40, 40), (20, 20)]
+    convs = [layer for layer in layers if isinstance(layer, L.Convolutional)]
+    # counted by hand from the yaml: depth 0.33 turns the C3 repeats 3, 6, 9, 3 / 3, 3, 3, 3 into 1, 2, 3, 1 /
+    # 1, 1, 1, 1 bottlenecks; 5 + 4 plain Convs, 8 C3 × 3, 11 bottlenecks × 2, SPPF 2 = 57 SiLU convs; only
+    # the backbone's 7 bottlenecks add their input (the head's C3s say shortcut=False)
+    assert sum(conv.activation == "swish" for conv in convs) == 57
+    assert [conv.activation for conv in convs if not conv.batch_normalize] == ["logistic"] * 3
+    assert sum(isinstance(layer, L.Shortcut) for layer in layers) == 7
+    assert sum(isinstance(layer, L.MaxPool) for layer in layers) == 3
+
+
+@SHARED_MARK
+def test_heads_match_opencv(imported, tmp_path: Path) -> None:
+    """Our torch backend and OpenCV's darknet importer on the written cfg/weights, on a real photo at 640."""
+    pytest.importorskip("cv2")
+    from test_torch_vs_opencv import opencv_blob_names, opencv_net, relative_error, write_for_opencv
+
+    from cfgsurgeon.emit.torch import to_torch
+
+    graph = imported.model.graph
+    net = opencv_net(*write_for_opencv(graph, tmp_path))
+    names = opencv_blob_names(net, graph)
+    heads = head_convs(graph)
+    x = photo_input(graph)
+    net.setInput(x)
+    theirs = net.forward([names[i] for i in heads])
+    with torch.no_grad():
+        ours = to_torch(graph)(torch.from_numpy(x), keep=heads)
+    errors = [relative_error(o.numpy().reshape(-1), t.reshape(-1)) for o, t in zip(ours, theirs, strict=True)]
+    REPORT["yolov5n import vs OpenCV (per head, dog.jpg at 640)"] = ", ".join(f"{e:.1e}" for e in errors)
+    assert max(errors) <= TOLERANCE, errors
+
+
+# -- an independent YOLOv5: torch's own restricted unpickler and the repository's forward, written here ------
+def _conv(self, x):
+    return self.act(self.bn(self.conv(x)))
+
+
+def _bottleneck(self, x):
+    y = self.cv2(self.cv1(x))
+    return x + y if self.add else y
+
+
+def _c3(self, x):
+    return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+def _sppf(self, x):
+    x = self.cv1(x)
+    y1 = self.m(x)
+    y2 = self.m(y1)
+    return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+
+
+def _concat(self, xs):
+    return torch.cat(xs, self.d)
+
+
+def _detect(self, xs):
+    return [conv(x) for conv, x in zip(self.m, xs, strict=True)]
+
+
+def _model(self, x):
+    outputs = []
+    for module in self.model:
+        if module.f != -1:
+            x = (
+                outputs[module.f]
+                if isinstance(module.f, int)
+                else [x if j == -1 else outputs[j] for j in module.f]
+            )
+        x = module(x)
+        outputs.append(x)
+    return x
+
+
+YOLOV5_FORWARDS = {
+    "models.common.Conv": _conv,
+    "models.common.Bottleneck": _bottleneck,
+    "models.common.C3": _c3,
+    "models.common.SPPF": _sppf,
+    "models.common.Concat": _concat,
+    "models.yolo.Detect": _detect,
+    "models.yolo.Model": _model,
+}
+
+
+def load_with_torch(path: Path):
+    """The checkpoint as torch modules: ``torch.load(weights_only=True)`` with the repository's classes
+    stood in by the forwards above and ``torch.nn``'s own layers."""
+    core = getattr(np, "_core", None) or np.core
+    stand_ins = []
+    for qualified, forward in YOLOV5_FORWARDS.items():
+        module, name = qualified.rsplit(".", 1)
+        stand_ins.append(type(name, (torch.nn.Module,), {"__module__": module, "forward": forward}))
+    nn = torch.nn
+    allowed = [*stand_ins, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample, nn.Sequential]
+    allowed += [nn.ModuleList, (set, "__builtin__.set"), np.ndarray, np.dtype, type(np.dtype("f8"))]
+    allowed += [(core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    with torch.serialization.safe_globals(allowed):
+        checkpoint = torch.load(path, weights_only=True)
+    model = checkpoint["model"].float().eval()
+    for module in model.modules():
+        if isinstance(module, nn.Upsample):
+            module.recompute_scale_factor = None  # an attribute newer torch reads, absent from old pickles
+    return model
+
+
+def v5_decode(detect, raw: list) -> list[np.ndarray]:
+    """YOLOv5's Detect inference: per level rows (row, column, anchor) of x, y, w, h in pixels, objectness,
+    class scores × objectness."""
+    rows = []
+    for level, output in enumerate(raw):
+        _, _, ny, nx = output.shape
+        y = output.sigmoid().view(detect.na, detect.no, ny, nx).permute(2, 3, 0, 1).double()
+        grid_y, grid_x = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
+        grid = torch.stack((grid_x, grid_y), -1)[:, :, None].double()
+        stride = float(detect.stride[level])
+        xy = (y[..., :2] * 2 - 0.5 + grid) * stride
+        wh = (y[..., 2:4] * 2) ** 2 * (detect.anchors[level].double() * stride)
+        probs = y[..., 5:] * y[..., 4:5]
+        rows.append(torch.cat((xy, wh, y[..., 4:5], probs), -1).reshape(-1, detect.no).numpy())
+    return rows
+
+
+@SHARED_MARK
+def test_matches_the_checkpoints_own_forward(imported) -> None:
+    """The checkpoint's tensors through YOLOv5's forward (no cfg involved) against the imported darknet
+    model, on a real photo at 320: per head the sigmoid outputs and the decoded boxes."""
+    from test_torch_vs_opencv import relative_error
+
+    from cfgsurgeon.emit.torch import to_torch
+    from cfgsurgeon.postprocess import decode
+
+    graph = imported.model.copy().graph
+    graph.net.width = graph.net.height = 320
+    graph.infer()
+    x = photo_input(graph, "horses.jpg")
+    reference = load_with_torch(need_yolov5n())
+    heads = head_convs(graph)
+    with torch.no_grad():
+        raw = reference(torch.from_numpy(x))
+        ours = to_torch(graph)(torch.from_numpy(x), keep=heads + [i + 1 for i in heads])
+    theirs_rows = v5_decode(reference.model[-1], raw)
+    errors, box_errors = [], []
+    for level, index in enumerate(heads):
+        errors.append(relative_error(ours[level].numpy(), raw[level].sigmoid().numpy()))
+        rows = decode(graph.layers[index + 1], ours[len(heads) + level][0].numpy(), (320, 320))
+        rows[:, :4] *= 320
+        box_errors.append(relative_error(rows, theirs_rows[level]))
+    REPORT["yolov5n import vs YOLOv5's forward (per head, horses.jpg at 320)"] = ", ".join(
+        f"{e:.1e}/{b:.1e}" for e, b in zip(errors, box_errors, strict=True)
+    )
+    assert max(errors) <= TOLERANCE and max(box_errors) <= TOLERANCE, (errors, box_errors)

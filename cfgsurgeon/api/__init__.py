@@ -3,6 +3,7 @@ command prints), plus the functions that are not about one model. Importing it i
 import torch/TF/OpenVINO when they need them."""
 
 from .editing import Initialized, Preview, Pruned, Retargeted, Written
+from .importing import Imported, import_checkpoint
 from .model import Model, Saved, Summary
 from .report import Lines, Report
 from .running import Benched, BenchReport, Detections, Evaluation, Exported, bench
@@ -16,6 +17,7 @@ __all__ = [
     "Detections",
     "Evaluation",
     "Exported",
+    "Imported",
     "Initialized",
     "Iteration",
     "Lines",
@@ -35,5 +37,6 @@ __all__ = [
     "Written",
     "bench",
     "demo",
+    "import_checkpoint",
     "synth_dataset",
 ]

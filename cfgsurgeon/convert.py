@@ -176,6 +176,12 @@ def _load_error(exc: pickle.UnpicklingError, path: Path) -> UsageError:
     """Python objects the restricted unpickler refused, or a file that is not a torch.save file at all."""
     text = str(exc)
     names = _unsafe_globals(path) or re.findall(r"safe_globals\(\[([^\]]+)\]\)", text)[:1]
+    if any(name.startswith(("models.yolo.", "models.common.", "ultralytics.")) for name in names):
+        return UsageError(
+            "a YOLOv5/ultralytics model checkpoint: convert it with `cfgsurgeon import --checkpoint FILE` "
+            "first, then load the .cfg/.weights it writes",
+            path,
+        )
     if names or any(sign in text for sign in ("allowed global", "Unsupported global", "Can only build")):
         return UsageError(_unsafe_message(list(dict.fromkeys(names))), path)
     detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if text.strip() else ""

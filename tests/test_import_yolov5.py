@@ -373,3 +373,53 @@ def test_matches_the_checkpoints_own_forward(imported) -> None:
         f"{e:.1e}/{b:.1e}" for e, b in zip(errors, box_errors, strict=True)
     )
     assert max(errors) <= TOLERANCE and max(box_errors) <= TOLERANCE, (errors, box_errors)
+
+
+# -- the command and the API ---------------------------------------------------------------------------------
+@SHARED_MARK
+def test_import_command_writes_identical_files_twice(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cfgsurgeon.api import import_checkpoint
+    from cfgsurgeon.cli import main
+
+    runs = []
+    for name in ("first", "second"):
+        result = CliRunner().invoke(
+            main, ["import", "--checkpoint", str(need_yolov5n()), "-o", str(tmp_path / name)]
+        )
+        assert result.exit_code == 0, result.output
+        runs.append(result.output)
+    files = ("yolov5n.cfg", "yolov5n.weights", "yolov5n.names")
+    for file in files:
+        assert (tmp_path / "first" / file).read_bytes() == (tmp_path / "second" / file).read_bytes(), file
+    expected = str(import_checkpoint(YOLOV5N).save(tmp_path / "api")).replace(str(tmp_path / "api"), "{out}")
+    assert runs[0] == expected.replace("{out}", str(tmp_path / "first")) + "\n"
+    names = (tmp_path / "first" / "yolov5n.names").read_text().splitlines()
+    # YOLOv5's COCO names (darknet's coco.names says "motorbike", "aeroplane", "sofa", …)
+    assert (len(names), names[0], names[3], names[-1]) == (80, "person", "motorcycle", "toothbrush")
+
+
+def test_import_command_error_is_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cfgsurgeon.cli import main
+
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"PK\x03\x04 not really")
+    result = CliRunner().invoke(main, ["import", "--checkpoint", str(bogus), "-o", str(tmp_path)])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        f"Error: {bogus}: not a PyTorch checkpoint: expected a torch.save zip, found a damaged or "
+        "truncated zip"
+    ]
+
+
+@SHARED_MARK
+def test_model_load_points_to_import() -> None:
+    from cfgsurgeon import Model
+
+    with pytest.raises(
+        UsageError, match=r"YOLOv5/ultralytics model checkpoint: .*`cfgsurgeon import --checkpoint"
+    ):
+        Model.load(None, need_yolov5n())

@@ -273,6 +273,16 @@ def _sppf(self, x):
     return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
 
 
+def _spp(self, x):
+    x = self.cv1(x)
+    return self.cv2(torch.cat([x] + [pool(x) for pool in self.m], 1))
+
+
+def _focus(self, x):
+    phases = [x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]]
+    return self.conv(torch.cat(phases, 1))
+
+
 def _concat(self, xs):
     return torch.cat(xs, self.d)
 
@@ -300,22 +310,37 @@ YOLOV5_FORWARDS = {
     "models.common.Bottleneck": _bottleneck,
     "models.common.C3": _c3,
     "models.common.SPPF": _sppf,
+    "models.common.SPP": _spp,
+    "models.common.Focus": _focus,
     "models.common.Concat": _concat,
     "models.yolo.Detect": _detect,
     "models.yolo.Model": _model,
 }
 
 
+def stand_ins() -> dict[str, type]:
+    """The repository's classes by qualified name, with the forwards above."""
+    classes = {}
+    for qualified, forward in YOLOV5_FORWARDS.items():
+        module, name = qualified.rsplit(".", 1)
+        classes[qualified] = type(name, (torch.nn.Module,), {"__module__": module, "forward": forward})
+    return classes
+
+
 def load_with_torch(path: Path):
     """The checkpoint as torch modules: ``torch.load(weights_only=True)`` with the repository's classes
     stood in by the forwards above and ``torch.nn``'s own layers."""
     core = getattr(np, "_core", None) or np.core
-    stand_ins = []
-    for qualified, forward in YOLOV5_FORWARDS.items():
-        module, name = qualified.rsplit(".", 1)
-        stand_ins.append(type(name, (torch.nn.Module,), {"__module__": module, "forward": forward}))
     nn = torch.nn
-    allowed = [*stand_ins, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample, nn.Sequential]
+    allowed = [
+        *stand_ins().values(),
+        nn.Conv2d,
+        nn.BatchNorm2d,
+        nn.SiLU,
+        nn.MaxPool2d,
+        nn.Upsample,
+        nn.Sequential,
+    ]
     allowed += [nn.ModuleList, (set, "__builtin__.set"), np.ndarray, np.dtype, type(np.dtype("f8"))]
     allowed += [(core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
     with torch.serialization.safe_globals(allowed):
@@ -423,3 +448,124 @@ def test_model_load_points_to_import() -> None:
         UsageError, match=r"YOLOv5/ultralytics model checkpoint: .*`cfgsurgeon import --checkpoint"
     ):
         Model.load(None, need_yolov5n())
+
+
+# -- what yolov5n does not use: Focus (older releases), SPP, C3 with shortcuts, two Detect levels -----------
+class Builder:
+    """Modules of the repository's classes (stand-ins importable under their names, so torch.save pickles
+    them by those names) with seeded random weights and BN statistics."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.classes = stand_ins()
+        for qualified, cls in self.classes.items():
+            module_name = qualified.rsplit(".", 1)[0]
+            for name in ("models", module_name):
+                if not getattr(sys.modules.get(name), "stand_in", False):
+                    stand_in = types.ModuleType(name)
+                    stand_in.stand_in = True
+                    monkeypatch.setitem(sys.modules, name, stand_in)
+            setattr(sys.modules[module_name], cls.__name__, cls)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def new(self, name: str, **children) -> torch.nn.Module:
+        module = self.classes[name]()
+        for key, value in children.items():
+            setattr(module, key, value)
+        return module
+
+    def rand(self, *shape: int, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+        return low + (high - low) * torch.rand(*shape, generator=self.generator)
+
+    def conv(self, c1: int, c2: int, k: int = 1, s: int = 1) -> torch.nn.Module:
+        conv = torch.nn.Conv2d(c1, c2, k, s, k // 2, bias=False)
+        conv.weight.data = self.rand(c2, c1, k, k) / (c1 * k * k) ** 0.5
+        bn = torch.nn.BatchNorm2d(c2, eps=1e-3)
+        bn.weight.data, bn.bias.data = self.rand(c2, low=0.5, high=1.5), self.rand(c2, low=-0.5, high=0.5)
+        bn.running_mean, bn.running_var = self.rand(c2, low=-0.2, high=0.2), self.rand(c2, low=0.5, high=1.5)
+        return self.new("models.common.Conv", conv=conv, bn=bn, act=torch.nn.SiLU())
+
+    def bottleneck(self, c: int, shortcut: bool) -> torch.nn.Module:
+        return self.new("models.common.Bottleneck", cv1=self.conv(c, c), cv2=self.conv(c, c, 3), add=shortcut)
+
+    def c3(self, c1: int, c2: int, shortcut: bool) -> torch.nn.Module:
+        hidden = c2 // 2
+        m = torch.nn.Sequential(self.bottleneck(hidden, shortcut))
+        cv1, cv2, cv3 = self.conv(c1, hidden), self.conv(c1, hidden), self.conv(2 * hidden, c2)
+        return self.new("models.common.C3", cv1=cv1, cv2=cv2, cv3=cv3, m=m)
+
+    def at(self, module: torch.nn.Module, index: int, origin) -> torch.nn.Module:
+        module.i, module.f, module.type = index, origin, type(module).__module__ + "." + type(module).__name__
+        return module
+
+
+def tiny_v5(builder: Builder) -> torch.nn.Module:
+    """Written by hand from the yaml below (width 0.25: 64 → 16, …; depth 0.33: C3 n=3 → 1), independently
+    of the importer's expansion of that yaml."""
+    nc, anchors = 2, [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119]]
+    yaml = {"nc": nc, "depth_multiple": 0.33, "width_multiple": 0.25, "anchors": anchors}
+    yaml["backbone"] = [
+        [-1, 1, "Focus", [64, 3]],
+        [-1, 1, "Conv", [128, 3, 2]],
+        [-1, 3, "C3", [128]],
+        [-1, 1, "Conv", [256, 3, 2]],
+        [-1, 1, "SPP", [256, [5, 9, 13]]],
+    ]
+    yaml["head"] = [
+        [-1, 1, "Conv", [128, 1, 1]],
+        [-1, 1, "nn.Upsample", ["None", 2, "nearest"]],
+        [[-1, 2], 1, "Concat", [1]],
+        [-1, 3, "C3", [128, False]],
+        [[8, 5], 1, "Detect", ["nc", "anchors"]],
+    ]
+    b = builder
+    pools = torch.nn.ModuleList(torch.nn.MaxPool2d(k, 1, k // 2) for k in (5, 9, 13))
+    detect = b.new("models.yolo.Detect", nc=nc, no=nc + 5, na=3, nl=2)
+    detect.m = torch.nn.ModuleList(torch.nn.Conv2d(c, 3 * (nc + 5), 1) for c in (32, 32))
+    for conv in detect.m:
+        conv.weight.data, conv.bias.data = b.rand(*conv.weight.shape) / 6, b.rand(*conv.bias.shape)
+    detect.stride = torch.tensor([4.0, 8.0])
+    detect.register_buffer(
+        "anchors", torch.tensor(anchors).float().view(2, 3, 2) / detect.stride.view(-1, 1, 1)
+    )
+    layers = [
+        b.at(b.new("models.common.Focus", conv=b.conv(12, 16, 3)), 0, -1),
+        b.at(b.conv(16, 32, 3, 2), 1, -1),
+        b.at(b.c3(32, 32, shortcut=True), 2, -1),
+        b.at(b.conv(32, 64, 3, 2), 3, -1),
+        b.at(b.new("models.common.SPP", cv1=b.conv(64, 32), cv2=b.conv(128, 64), m=pools), 4, -1),
+        b.at(b.conv(64, 32), 5, -1),
+        b.at(torch.nn.Upsample(None, 2, "nearest"), 6, -1),
+        b.at(b.new("models.common.Concat", d=1), 7, [-1, 2]),
+        b.at(b.c3(64, 32, shortcut=False), 8, -1),
+        b.at(detect, 9, [8, 5]),
+    ]
+    return b.new(
+        "models.yolo.Model", model=torch.nn.Sequential(*layers), yaml=yaml, names=["cat", "dog"]
+    ).eval()
+
+
+def test_focus_spp_and_shortcut_c3_match_yolov5s_forward(tmp_path: Path, monkeypatch) -> None:
+    from test_torch_vs_opencv import relative_error
+
+    from cfgsurgeon.api import import_checkpoint
+    from cfgsurgeon.emit.torch import to_torch
+
+    reference = tiny_v5(Builder(monkeypatch))
+    path = tmp_path / "tiny.pt"
+    torch.save({"epoch": -1, "model": reference.half()}, path)
+    reference.float()
+    imported = import_checkpoint(path)
+    graph = imported.model.graph
+    graph.net.width = graph.net.height = 64
+    graph.infer()
+    heads = head_convs(graph)
+    kinds = {layer.header for layer in graph.layers}
+    assert {"reorg3d", "maxpool", "shortcut", "upsample", "yolo"} <= kinds
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = [reference.model[0](x)] + [raw.sigmoid() for raw in reference(x)]
+        ours = to_torch(graph)(x, keep=[1, *heads])  # 1: the conv after [reorg3d] = Focus' output
+    assert [tuple(t.shape) for t in theirs[1:]] == [(1, 21, 16, 16), (1, 21, 8, 8)]
+    errors = [relative_error(o.numpy(), t.numpy()) for o, t in zip(ours, theirs, strict=True)]
+    assert max(errors) <= TOLERANCE, errors
+    assert imported.names == ["cat", "dog"]

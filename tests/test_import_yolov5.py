@@ -85,11 +85,20 @@ def test_malicious_global_deep_inside_a_checkpoint_stays_inert(tmp_path: Path, m
     path = tmp_path / "deep.pt"
     torch.save({"model": model}, path)
     tree = read_pickled(path)
-    assert type(tree["model"].yaml["payload"]).qualified == "__builtin__.exec"
+    assert tree["model"].yaml["payload"].qualified == "__builtin__.exec"
     assert not marker.exists()
     with pytest.raises(UsageError, match="Detect"):
         read_checkpoint(path)
     assert not marker.exists()
+
+
+def test_state_in_the_file_cannot_rename_a_class(tmp_path: Path, monkeypatch) -> None:
+    model = fake_class(monkeypatch, "mytools.Net", torch.nn.Module)()
+    model.qualified = model.pickled_name = model.class_name = "models.yolo.Model"
+    path = tmp_path / "spoof.pt"
+    torch.save({"model": model}, path)
+    with pytest.raises(UsageError, match=r"the model is a mytools\.Net, expected"):
+        read_checkpoint(path)
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:
@@ -569,3 +578,16 @@ def test_focus_spp_and_shortcut_c3_match_yolov5s_forward(tmp_path: Path, monkeyp
     errors = [relative_error(o.numpy(), t.numpy()) for o, t in zip(ours, theirs, strict=True)]
     assert max(errors) <= TOLERANCE, errors
     assert imported.names == ["cat", "dog"]
+
+
+def test_a_conv_whose_geometry_differs_from_the_yaml_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from cfgsurgeon.api import import_checkpoint
+
+    model = tiny_v5(Builder(monkeypatch))
+    model.model[1].conv.stride = (1, 1)
+    path = tmp_path / "edited.pt"
+    torch.save({"model": model}, path)
+    with pytest.raises(
+        UsageError, match=r"edited\.pt: model\.1\.conv has stride \(1, 1\) \(yaml: \(2, 2\)\)"
+    ):
+        import_checkpoint(path)

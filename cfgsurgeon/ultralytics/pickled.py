@@ -44,7 +44,7 @@ class Inert:
     state the pickle gives it (``__dict__`` for ``torch.nn`` modules: ``_modules``, ``_parameters``,
     ``_buffers`` and plain attributes)."""
 
-    qualified: ClassVar[str] = ""
+    pickled_name: ClassVar[str] = ""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.__dict__["_pickled_args"] = args
@@ -57,17 +57,15 @@ class Inert:
         else:
             self.__dict__["_pickled_state"] = state
 
+    # properties, so that no state from the file can shadow them
+    @property
+    def qualified(self) -> str:
+        """The name the pickle gave the class, ``module.Name``."""
+        return type(self).pickled_name
+
     @property
     def class_name(self) -> str:
         return self.qualified.rsplit(".", 1)[-1]
-
-    def child(self, name: str) -> Any:
-        """A submodule (``_modules[name]``), or None."""
-        modules = self.__dict__.get("_modules") or {}
-        return modules.get(name)
-
-    def children(self) -> list[Any]:
-        return list((self.__dict__.get("_modules") or {}).values())
 
     def __repr__(self) -> str:
         return f"<inert {self.qualified}>"
@@ -158,7 +156,7 @@ class _SafeUnpickler(pickle.Unpickler):
             return allowed
         qualified = f"{module}.{name}"
         if qualified not in self.inert:
-            self.inert[qualified] = type(name, (Inert,), {"qualified": qualified, "__module__": __name__})
+            self.inert[qualified] = type(name, (Inert,), {"pickled_name": qualified, "__module__": __name__})
         return self.inert[qualified]
 
     def persistent_load(self, pid: Any) -> _Storage:

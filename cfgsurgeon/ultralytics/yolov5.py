@@ -257,9 +257,13 @@ def _focus(
 BUILDERS = {"Conv": _conv, "Bottleneck": _bottleneck, "C3": _c3, "SPPF": _sppf, "SPP": _spp, "Focus": _focus}
 
 
-def _conv_like(net: Darknet, module: Module, act: Activation) -> int:
+def _conv_like(net: Darknet, module: Module, act: Activation, source: Path) -> int:
     build, args = BUILDERS[module.kind], module.args
-    if module.kind == "Conv":  # Conv(c1, c2, k, s, p, g, ...): drop c1; a Sequential repeats it
+    if module.kind == "Conv":  # Conv(c1, c2, k, s, p, g, d, act): drop c1; a Sequential repeats it
+        if len(args) > 6 and args[6] not in (1, True, False):
+            raise UsageError(
+                f"yaml layer {module.index}: Conv with dilation {args[6]} (only 1 maps here)", source
+            )
         args = (args[1], *args[2:6])
     for j in range(module.repeats):
         path = f"model.{module.index}" + (f".{j}" if module.repeats > 1 else "")
@@ -280,7 +284,7 @@ def to_darknet(modules: list[Module], anchors: list[list[float]], act: Activatio
         if inputs[0] >= 0 and module.kind != "Concat":
             net.start_from(inputs[0])
         if module.kind in CONV_LIKE:
-            ends.append(_conv_like(net, module, act))
+            ends.append(_conv_like(net, module, act, source))
         elif module.kind == "Concat":
             if module.args[0] != 1:
                 raise UsageError(
@@ -517,6 +521,7 @@ def _conv_tensors(checkpoint: Checkpoint, source: ConvSource, layer: Convolution
         tensors = {"biases": take("bias"), "weights": take("weight")}
     if source.input_order is not None:
         tensors["weights"] = tensors["weights"][:, source.input_order]
+    _check_geometry(checkpoint, source, layer)
     for name, shape in layer.weight_layout():
         if tensors[name].shape != shape:
             raise UsageError(
@@ -525,3 +530,28 @@ def _conv_tensors(checkpoint: Checkpoint, source: ConvSource, layer: Convolution
                 checkpoint.path,
             )
     return {name: np.ascontiguousarray(tensors[name]) for name, _ in layer.weight_layout()}
+
+
+def _check_geometry(checkpoint: Checkpoint, source: ConvSource, layer: Convolutional) -> None:
+    """The checkpoint's Conv2d must have the stride, padding, groups and dilation the yaml gave the layer."""
+    conv = checkpoint.modules.get(f"{source.path}.conv" if source.batch_normalize else source.path)
+    if conv is None:
+        return
+    stored = {key: conv.__dict__.get(key) for key in ("stride", "padding", "groups", "dilation")}
+    ours = {
+        "stride": (layer.stride, layer.stride),
+        "padding": (layer.effective_padding, layer.effective_padding),
+        "groups": layer.groups,
+        "dilation": (1, 1),
+    }
+    differ = [
+        f"{key} {stored[key]} (yaml: {ours[key]})"
+        for key in ours
+        if _as_pair(stored[key]) != _as_pair(ours[key])
+    ]
+    if differ:
+        raise UsageError(f"{source.path}.conv has {', '.join(differ)}", checkpoint.path)
+
+
+def _as_pair(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value

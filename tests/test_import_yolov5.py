@@ -188,6 +188,17 @@ def test_segment_head_in_the_yaml_is_refused(tmp_path: Path) -> None:
         expand_yaml(yaml, Path("y.pt"))
 
 
+def test_malformed_yaml_rows_are_named() -> None:
+    from cfgsurgeon.ultralytics.yolov5 import expand_yaml
+
+    yaml = {"nc": 1, "depth_multiple": 1, "width_multiple": 1, "anchors": [[10, 13]]}
+    yaml |= {"backbone": [[-1, 1, "Conv", [16, 3, 2]], [-1, "Conv", [16]]], "head": []}
+    with pytest.raises(UsageError, match=r"y\.pt: the checkpoint's model\.yaml layer 1 is malformed"):
+        expand_yaml(yaml, Path("y.pt"))
+    with pytest.raises(UsageError, match=r"y\.pt: the checkpoint's model\.yaml lacks a YOLOv5 entry"):
+        expand_yaml({"nc": 1}, Path("y.pt"))
+
+
 # -- the real checkpoint ------------------------------------------------------------------------------------
 @SHARED_MARK
 def test_reader_takes_architecture_names_and_fp32_tensors() -> None:

@@ -51,7 +51,7 @@ class ConvSource:
 
 
 @dataclass
-class Darknet:
+class Sections:
     """The darknet sections being written, and which checkpoint module each conv takes its tensors from."""
 
     sections: list[str] = field(default_factory=list)
@@ -104,48 +104,74 @@ OTHERS = frozenset({"Concat", "Upsample", "Detect"})
 NOT_DETECTION = {"Classify": "a classification model", "Segment": "a segmentation model (Segment head)"}
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """What ``parse_model`` applies to every row: the multiples, the names a row's arguments may use, the
+    Detect output width (never scaled) and the image's channels."""
+
+    depth: float
+    width: float
+    names: dict[str, Any]
+    outputs: int
+    image_channels: int
+
+
 def expand_yaml(yaml: dict, source: Path) -> list[Module]:
     """The yaml's modules with depth and width multiples applied as YOLOv5's ``parse_model`` applies them."""
     try:
-        depth, width = float(yaml["depth_multiple"]), float(yaml["width_multiple"])
         nc, anchors = int(yaml["nc"]), yaml["anchors"]
+        na = len(anchors[0]) // 2 if isinstance(anchors, list) else int(anchors)
+        names = {"None": None, "nc": nc, "anchors": anchors, "True": True, "False": False}
+        scaling = Scaling(
+            float(yaml["depth_multiple"]),
+            float(yaml["width_multiple"]),
+            names,
+            na * (nc + 5),
+            int(yaml.get("ch", 3)),
+        )
         rows = list(yaml["backbone"]) + list(yaml["head"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"the checkpoint's model.yaml lacks a YOLOv5 entry ({exc})", source) from None
-    na = len(anchors[0]) // 2 if isinstance(anchors, list) else int(anchors)
-    outputs = na * (nc + 5)
-    names = {"None": None, "nc": nc, "anchors": anchors, "True": True, "False": False}
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise UsageError(f"the checkpoint's model.yaml lacks a YOLOv5 entry ({exc!r})", source) from None
     channels: list[int] = []
-    modules = []
-    for index, (origin, repeats, kind, args) in enumerate(rows):
-        kind = str(kind).rsplit(".", 1)[-1]
-        if kind in NOT_DETECTION:
-            raise UsageError(f"{NOT_DETECTION[kind]}: only YOLOv5 detection models are imported", source)
-        if kind not in CONV_LIKE | OTHERS:
-            known = ", ".join(sorted(CONV_LIKE | OTHERS))
+    modules: list[Module] = []
+    for index, row in enumerate(rows):
+        try:
+            origin, repeats, kind, args = row
+            modules.append(_expand_row(index, origin, int(repeats), str(kind), list(args), channels, scaling))
+        except (TypeError, ValueError, IndexError) as exc:
             raise UsageError(
-                f"yaml layer {index} is a {kind}, not a YOLOv5 module this tool maps ({known})", source
-            )
-        inputs = tuple(origin if isinstance(origin, list) else [origin])
-        absolute = tuple(index + f if f < 0 and index else f for f in inputs)
-        c_in = [channels[f] if f >= 0 else int(yaml.get("ch", 3)) for f in absolute]
-        args = [names.get(arg, arg) if isinstance(arg, str) else arg for arg in args]
-        repeats = max(round(repeats * depth), 1) if repeats > 1 else repeats
-        if kind in CONV_LIKE:
-            c2 = args[0] if args[0] == outputs else _make_divisible(args[0] * width, 8)
-            args = [c_in[0], c2, *args[1:]]
-            if kind == "C3":
-                args.insert(2, repeats)
-                repeats = 1
-        elif kind == "Concat":
-            c2 = sum(c_in)
-        elif kind == "Detect":
-            c2 = 0
-        else:
-            c2 = c_in[0]
-        modules.append(Module(index, absolute, repeats, kind, tuple(args)))
-        channels.append(c2)
+                f"the checkpoint's model.yaml layer {index} is malformed ({exc})", source
+            ) from None
+        except UsageError as exc:
+            raise UsageError(exc.message, source) from None
     return modules
+
+
+def _expand_row(
+    index: int, origin: Any, repeats: int, kind: str, args: list, channels: list[int], scaling: Scaling
+) -> Module:
+    """One yaml row after ``parse_model``; appends the module's output channels to ``channels``."""
+    kind = kind.rsplit(".", 1)[-1]
+    if kind in NOT_DETECTION:
+        raise UsageError(f"{NOT_DETECTION[kind]}: only YOLOv5 detection models are imported")
+    if kind not in CONV_LIKE | OTHERS:
+        known = ", ".join(sorted(CONV_LIKE | OTHERS))
+        raise UsageError(f"yaml layer {index} is a {kind}, not a YOLOv5 module this tool maps ({known})")
+    inputs = tuple(origin if isinstance(origin, list) else [origin])
+    absolute = tuple(index + f if f < 0 and index else f for f in inputs)
+    c_in = [channels[f] if f >= 0 else scaling.image_channels for f in absolute]
+    args = [scaling.names.get(arg, arg) if isinstance(arg, str) else arg for arg in args]
+    repeats = max(round(repeats * scaling.depth), 1) if repeats > 1 else repeats
+    if kind in CONV_LIKE:
+        c2 = args[0] if args[0] == scaling.outputs else _make_divisible(args[0] * scaling.width, 8)
+        args = [c_in[0], c2, *args[1:]]
+        if kind == "C3":
+            args.insert(2, repeats)
+            repeats = 1
+    else:
+        c2 = sum(c_in) if kind == "Concat" else 0 if kind == "Detect" else c_in[0]
+    channels.append(c2)
+    return Module(index, absolute, repeats, kind, tuple(args))
 
 
 def _make_divisible(value: float, divisor: int) -> int:
@@ -157,7 +183,7 @@ Activation = Callable[[str], str]
 
 
 def _conv(
-    net: Darknet,
+    net: Sections,
     path: str,
     c2: int,
     k: int = 1,
@@ -176,7 +202,7 @@ def _conv(
 
 
 def _bottleneck(
-    net: Darknet,
+    net: Sections,
     path: str,
     c1: int,
     c2: int,
@@ -196,7 +222,7 @@ def _bottleneck(
 
 
 def _c3(
-    net: Darknet,
+    net: Sections,
     path: str,
     c1: int,
     c2: int,
@@ -219,7 +245,7 @@ def _c3(
     return _conv(net, f"{path}.cv3", c2, act=act)
 
 
-def _sppf(net: Darknet, path: str, c1: int, c2: int, k: int = 5, *, act: Activation) -> int:
+def _sppf(net: Sections, path: str, c1: int, c2: int, k: int = 5, *, act: Activation) -> int:
     pooled = [_conv(net, f"{path}.cv1", c1 // 2, act=act)]
     for _ in range(3):
         pooled.append(net.add("maxpool", size=k, stride=1))
@@ -227,7 +253,7 @@ def _sppf(net: Darknet, path: str, c1: int, c2: int, k: int = 5, *, act: Activat
     return _conv(net, f"{path}.cv2", c2, act=act)
 
 
-def _spp(net: Darknet, path: str, c1: int, c2: int, k: Any = (5, 9, 13), *, act: Activation) -> int:
+def _spp(net: Sections, path: str, c1: int, c2: int, k: Any = (5, 9, 13), *, act: Activation) -> int:
     pooled = [_conv(net, f"{path}.cv1", c1 // 2, act=act)]
     for size in k:
         net.start_from(pooled[0])
@@ -237,7 +263,7 @@ def _spp(net: Darknet, path: str, c1: int, c2: int, k: Any = (5, 9, 13), *, act:
 
 
 def _focus(
-    net: Darknet,
+    net: Sections,
     path: str,
     c1: int,
     c2: int,
@@ -257,7 +283,7 @@ def _focus(
 BUILDERS = {"Conv": _conv, "Bottleneck": _bottleneck, "C3": _c3, "SPPF": _sppf, "SPP": _spp, "Focus": _focus}
 
 
-def _conv_like(net: Darknet, module: Module, act: Activation, source: Path) -> int:
+def _conv_like(net: Sections, module: Module, act: Activation, source: Path) -> int:
     build, args = BUILDERS[module.kind], module.args
     if module.kind == "Conv":  # Conv(c1, c2, k, s, p, g, d, act): drop c1; a Sequential repeats it
         if len(args) > 6 and args[6] not in (1, True, False):
@@ -271,9 +297,9 @@ def _conv_like(net: Darknet, module: Module, act: Activation, source: Path) -> i
     return net.last
 
 
-def to_darknet(modules: list[Module], anchors: list[list[float]], act: Activation, source: Path) -> Darknet:
+def to_darknet(modules: list[Module], anchors: list[list[float]], act: Activation, source: Path) -> Sections:
     """The darknet sections of the expanded modules; ``anchors``: per Detect level, in pixels."""
-    net = Darknet()
+    net = Sections()
     ends: list[int] = []
     for module in modules:
         inputs = [ends[f] if f >= 0 else -1 for f in module.inputs]
@@ -303,7 +329,7 @@ def to_darknet(modules: list[Module], anchors: list[list[float]], act: Activatio
     return net
 
 
-def _detect(net: Darknet, module: Module, inputs: list[int], anchors: list[list[float]]) -> None:
+def _detect(net: Sections, module: Module, inputs: list[int], anchors: list[list[float]]) -> None:
     nc = int(module.args[0])
     na = len(anchors[0]) // 2
     every_anchor = [value for level in anchors for value in level]
@@ -323,7 +349,7 @@ def _detect(net: Darknet, module: Module, inputs: list[int], anchors: list[list[
         )
 
 
-def cfg_text(net: Darknet, size: int = INPUT_SIZE) -> str:
+def cfg_text(net: Sections, size: int = INPUT_SIZE) -> str:
     head = f"[net]\nwidth={size}\nheight={size}\nchannels=3\nletter_box=1\n"
     return "\n".join([head, *net.sections])
 

@@ -28,9 +28,10 @@ from .common import warn
     help="Directory for <name>.cfg, <name>.weights and <name>.names (name: the checkpoint's).",
 )
 def import_(checkpoint: Path, outdir: Path) -> None:
-    """Convert a YOLOv5 checkpoint into a darknet cfg, weights and names that darknet, OpenCV and every
-    cfgsurgeon command read: convs with activation=swish, routes, shortcuts, maxpools, upsample, and [yolo]
-    heads with new_coords=1 scale_x_y=2.0 and the anchors in pixels."""
+    """Convert a YOLOv5 checkpoint into a darknet cfg, weights and names in darknet's own vocabulary (convs
+    with activation=swish, routes, shortcuts, maxpools, upsample, and [yolo] heads with new_coords=1
+    scale_x_y=2.0 and the anchors in pixels), which every cfgsurgeon command and OpenCV's darknet importer
+    read. Outputs are written atomically, never over the checkpoint."""
     from ..api.importing import import_checkpoint
 
     click.echo(import_checkpoint(checkpoint, warn=warn).save(outdir))

@@ -101,6 +101,18 @@ def test_state_in_the_file_cannot_rename_a_class(tmp_path: Path, monkeypatch) ->
         read_checkpoint(path)
 
 
+def test_numpy_values_are_read_only_when_numeric(tmp_path: Path) -> None:
+    numeric, objects = tmp_path / "numeric.pt", tmp_path / "objects.pt"
+    torch.save({"fitness": np.array([[0.25, 0.5]]), "seen": np.int64(7)}, numeric)
+    tree = read_pickled(numeric)
+    assert tree["fitness"].array.tolist() == [[0.25, 0.5]] and tree["seen"] == 7
+    torch.save({"names": np.array(["a", None], dtype=object)}, objects)
+    with pytest.raises(
+        UsageError, match=r"objects\.pt: damaged PyTorch checkpoint \(a numpy array of dtype 'O8'"
+    ):
+        read_pickled(objects)
+
+
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     text = tmp_path / "notes.pt"
     text.write_text("hello\n")

@@ -4,7 +4,7 @@ A ``torch.save`` file is a zip holding ``<prefix>/data.pkl`` (the pickled object
 ``<prefix>/data/<key>`` per tensor storage. A YOLOv5 checkpoint pickles the whole model: classes of the
 training repository (``models.yolo.Model``, ``models.common.C3``) and of ``torch.nn``. Unpickling it normally
 would import and call whatever the file names, so :class:`_SafeUnpickler` resolves only a fixed table of
-harmless callables (our own tensor and storage rebuilders, numpy's array reconstruction, builtin containers)
+harmless callables (our own rebuilders of tensors, storages and numpy arrays, builtin containers)
 and turns every other global into an :class:`Inert` class that keeps the state handed to it and does nothing
 else. Tensors come back as numpy arrays (read with bounds checks); torch is not imported.
 """
@@ -15,6 +15,7 @@ import collections
 import io
 import math
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,8 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
         raise pickle.UnpicklingError("a tensor with a negative size, stride or offset")
     if math.prod(size) == 0:
         return np.zeros(size, storage.dtype)
+    if math.prod(size) > count:  # broadcast views (stride 0) would be copied out to their full size
+        raise pickle.UnpicklingError("a tensor with more elements than its storage")
     last = int(offset) + sum((n - 1) * step for n, step in zip(size, stride, strict=True))
     if last >= count:
         raise pickle.UnpicklingError("a tensor reaching outside its storage")
@@ -119,13 +122,57 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+# numpy's pickle protocol, redone so that nothing is allocated before its bytes are in hand: a dtype spec,
+# then an array placeholder that becomes an array when its state (shape, dtype, raw bytes) arrives.
+NUMERIC_DTYPE = re.compile(r"[fiu][1248]|b1")
+
+
+class NumpyDtype:
+    """``numpy.dtype(spec)`` as pickled (byte order from its state); only plain numeric kinds resolve."""
+
+    def __init__(self, spec: Any, *_: Any) -> None:
+        self.spec, self.order = str(spec), "="
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+
+    def resolve(self) -> np.dtype:
+        if not NUMERIC_DTYPE.fullmatch(self.spec):
+            raise pickle.UnpicklingError(f"a numpy array of dtype {self.spec[:20]!r} (only numbers are read)")
+        return np.dtype(self.order.replace("|", "=") + self.spec)
+
+
+class NumpyArray:
+    """``numpy.core.multiarray._reconstruct`` + ``__setstate__``: ``array`` once the state has arrived."""
+
+    def __init__(self, *_: Any) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], NumpyDtype)):
+            raise pickle.UnpicklingError("a numpy array without (version, shape, dtype, order, data)")
+        _, shape, dtype, fortran, raw = state
+        dtype = dtype.resolve()
+        if not isinstance(raw, bytes) or len(raw) != math.prod(shape) * dtype.itemsize:
+            raise pickle.UnpicklingError(f"a numpy array of shape {shape} with {len(raw)} bytes of data")
+        self.array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _numpy_scalar(dtype: Any, raw: Any = b"") -> Any:
+    if not isinstance(dtype, NumpyDtype) or not isinstance(raw, bytes):
+        raise pickle.UnpicklingError("a numpy scalar without dtype and data")
+    resolved = dtype.resolve()
+    if len(raw) != resolved.itemsize:
+        raise pickle.UnpicklingError("a numpy scalar with the wrong number of bytes")
+    return np.frombuffer(raw, resolved, 1)[0].item()
+
+
 def _numpy_callables() -> dict[tuple[str, str], Any]:
-    core = getattr(np, "_core", None) or np.core
-    reconstruct, scalar = core.multiarray._reconstruct, core.multiarray.scalar
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): NumpyArray, ("numpy", "dtype"): NumpyDtype}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(module, "_reconstruct")] = reconstruct
-        table[(module, "scalar")] = scalar
+        table[(module, "_reconstruct")] = NumpyArray
+        table[(module, "scalar")] = _numpy_scalar
     return table
 
 
@@ -208,6 +255,8 @@ def read_pickled(path: str | Path) -> Any:
         IndexError,
         AttributeError,
         OSError,
+        RecursionError,
+        MemoryError,
     ) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"damaged PyTorch checkpoint ({detail})", path) from None

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import MODELS_DIR, REPORT, SHARED_MARK, ZOO
 
-from cfgsurgeon import UsageError
+from cfgsurgeon import CfgSurgeonError, UsageError
 from cfgsurgeon import layers as L
 from cfgsurgeon.ultralytics.pickled import read_pickled
 from cfgsurgeon.ultralytics.yolov5 import read_checkpoint
@@ -614,3 +614,29 @@ def test_a_conv_whose_geometry_differs_from_the_yaml_is_refused(tmp_path: Path, 
         UsageError, match=r"edited\.pt: model\.1\.conv has stride \(1, 1\) \(yaml: \(2, 2\)\)"
     ):
         import_checkpoint(path)
+
+
+def test_mutated_pickles_fail_as_one_line_errors(tmp_path: Path, monkeypatch) -> None:
+    """Random byte changes in a checkpoint's data.pkl: importing either succeeds or is a one-line error."""
+    import random
+
+    from cfgsurgeon.api import import_checkpoint
+
+    good = tmp_path / "good.pt"
+    torch.save({"model": tiny_v5(Builder(monkeypatch)).half(), "best_fitness": np.array([0.5])}, good)
+    with zipfile.ZipFile(good) as archive:
+        members = {item.filename: archive.read(item) for item in archive.infolist()}
+    pkl = next(name for name in members if name.endswith("data.pkl"))
+    rng = random.Random(0)
+    for trial in range(60):
+        data = bytearray(members[pkl])
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path = tmp_path / f"mutated{trial}.pt"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in members.items():
+                archive.writestr(name, bytes(data) if name == pkl else content)
+        try:
+            import_checkpoint(path)
+        except CfgSurgeonError as error:  # what the command line shows as one line
+            assert "\n" not in str(error)

@@ -255,6 +255,7 @@ def read_pickled(path: str | Path) -> Any:
         IndexError,
         AttributeError,
         OSError,
+        OverflowError,
         RecursionError,
         MemoryError,
     ) as exc:

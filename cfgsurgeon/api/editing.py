@@ -19,6 +19,7 @@ from .report import Lines, Report
 if TYPE_CHECKING:
     from ..ir import Graph
     from ..surgery.prune import PruneResult
+    from ..verify import Verification
     from ..weights import WeightsHeader
     from .model import Model
 
@@ -59,7 +60,9 @@ class Editing:
         Exactly one of ``method`` (a global selection: ``percent``, ``threshold``, or a cost target
         ``target_bflops``/``target_params`` as a share of the original) and ``plan`` (per-unit rates: a
         PLAN.json path or its dict, ``{"rates": {unit: rate}}``). ``round_to``: kept widths are multiples
-        of it, or ``"pow2"``; ``verify``: measure the pruned model against the masked original (torch).
+        of it, or ``"pow2"``; ``verify``: check the pruned model against the original with the removed
+        parts switched off (numpy, at the smallest input size the cfg accepts; a mismatch raises
+        :class:`~cfgsurgeon.verify.VerificationFailed` and nothing is written).
         ``criterion="taylor"`` measures each channel's importance on ``importance_images`` training photos
         of ``data`` (a plan from a taylor analysis carries its own).
         A ratio above the safe bound is refused unless ``force``. :meth:`prune_preview` shows the same
@@ -85,7 +88,7 @@ class Editing:
             importance_images=importance_images,
         )
         result = request.prune(self.graph)
-        return Pruned(self, result, _compensation_error(result) if verify else None)
+        return Pruned(self, result, _verification(result) if verify else None)
 
     def prune_preview(
         self: Model,
@@ -327,25 +330,12 @@ def _read_plan(plan: str | Path | Mapping[str, Any] | None) -> dict[str, Any] | 
     return found
 
 
-def _compensation_error(result: PruneResult) -> float | None:
-    """The pruned model's largest deviation from the masked original on a random input, relative to the
-    largest output (None without torch, or when residual units went: no keep-size twin)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    import numpy as np
+def _verification(result: PruneResult) -> Verification:
+    """:func:`cfgsurgeon.verify.verify_prune`: raises when the pruned model computes more than rounding away
+    from the original with the removed parts switched off; says why where it cannot run."""
+    from ..verify import verify_prune
 
-    from ..emit.torch import to_torch
-
-    if result.analysis is None or result.removed_shortcuts:
-        return None
-    c, h, w = result.original.input_shape
-    x = torch.from_numpy(np.random.default_rng(0).random((1, c, h, w), dtype=np.float32))
-    with torch.inference_mode():
-        ours, reference = to_torch(result.pruned)(x), to_torch(result.masked())(x)
-    pairs = zip(ours, reference, strict=True)
-    return max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in pairs)
+    return verify_prune(result)
 
 
 def _written_header(result: PruneResult, keep_seen: bool) -> WeightsHeader:
@@ -371,13 +361,14 @@ class Pruned(Report):
     ``warnings`` (what was done differently from what was asked) and ``result`` (the surgery's own record,
     for experts). ``lines()``: the summary the command prints; :meth:`save` writes its four files."""
 
-    def __init__(self, parent: Model, result: PruneResult, compensation_error: float | None) -> None:
+    def __init__(self, parent: Model, result: PruneResult, verification: Verification | None) -> None:
         from ..surgery.prune import report
 
         result.pruned.weights_header = _written_header(result, keep_seen=False)
         self.parent, self.result = parent, result
         self.model = parent._derived(result.pruned)
-        self.report = report(result, compensation_error)
+        error, skipped = (verification.error, verification.skipped) if verification else (None, None)
+        self.report = report(result, error, skipped)
         self.warnings = list(result.warnings)
 
     def lines(self) -> list[str]:
@@ -395,7 +386,8 @@ class Pruned(Report):
             f"params {totals['params_before']:,} -> {totals['params_after']:,}, "
             f"BFLOPs {totals['bflops_before']:.3f} -> {totals['bflops_after']:.3f}"
         )
-        return lines + self._border_note()
+        skipped = self.report["compensation"]["verification_skipped"]
+        return lines + self._border_note() + ([f"warning: {skipped}"] if skipped else [])
 
     def _border_note(self) -> list[str]:
         compensation = self.report["compensation"]
@@ -403,8 +395,9 @@ class Pruned(Report):
             return []
         measured = compensation["measured_relative_error"]
         deviation = (
-            f" (largest deviation from the masked original on a random input: {measured:.3g} of its largest "
-            "output, at those pixels; not a predicted accuracy loss)"
+            " (verified against the original with those channels switched off and their constants "
+            f"carried over the borders; largest deviation on a random input: {measured:.3g} of its largest "
+            "output; the border effect itself is not measured and is not a predicted accuracy loss)"
             if measured is not None
             else ""
         )

@@ -161,8 +161,11 @@ def require_weights(graph: Graph) -> None:
         raise UsageError(f"pruning needs weights: layer {missing[0].index} [{missing[0].header}] has none")
 
 
-def report(result: PruneResult, compensation_error: float | None = None) -> dict[str, Any]:
-    """Per-layer and total figures (JSON-ready)."""
+def report(
+    result: PruneResult, compensation_error: float | None = None, verification_skipped: str | None = None
+) -> dict[str, Any]:
+    """Per-layer and total figures (JSON-ready); ``compensation_error``: what the verification measured,
+    ``verification_skipped``: why it did not run."""
     before, after = result.original, result.pruned
     rows = []
     after_by_source = _match_layers(result)
@@ -211,6 +214,7 @@ def report(result: PruneResult, compensation_error: float | None = None) -> dict
         "compensation": {
             "inexact_at_borders": result.border_layers,
             "measured_relative_error": compensation_error,
+            "verification_skipped": verification_skipped,
         },
         "layers": rows,
     }
@@ -268,10 +272,11 @@ def report_markdown(data: dict[str, Any], source: str) -> str:
         lines.append("Exact: every removed channel's constant is zero or reaches only unpadded consumers.")
     if comp["measured_relative_error"] is not None:
         lines.append(
-            "On a random input, the pruned model's outputs differ from the keep-size model with the removed "
-            f"channels switched off (γ = 0) by at most {comp['measured_relative_error']:.3g} of the largest "
-            "output, in the border pixels only: a measure of the border effect, not a predicted accuracy "
-            "loss (evaluate both models on your data for that)."
+            "Verified on a random input at the smallest size the cfg accepts: the pruned model's outputs "
+            "differ from the original's with the removed channels switched off (γ = 0, their constants "
+            "carried over the borders) and the removed residual units bypassed by at most "
+            f"{comp['measured_relative_error']:.3g} of the largest output (float32 rounding). This checks "
+            "the surgery, not the accuracy: evaluate both models on your data for that."
         )
     lines += ["", "## Layers", "", "| layer | type | channels | params | BFLOPs |", "|---:|---|---|---|---|"]
     for row in data["layers"]:

@@ -115,7 +115,13 @@ class Opt:
         text = layer.options.get(self.key)
         if text is None:
             return self.default(layer) if callable(self.default) else self.default
-        return self.parse(layer, text)
+        # Shapes, lowering and checks read options thousands of times: parse each text once per node (a
+        # changed text is parsed again; lists are handed out as copies, so a caller cannot alter the cache).
+        parsed = layer.parsed_options.get(self.key)
+        if parsed is None or parsed[0] != text:
+            parsed = layer.parsed_options[self.key] = (text, self.parse(layer, text))
+        value = parsed[1]
+        return list(value) if isinstance(value, list) else value
 
     def __set__(self, layer: Node, value: Any) -> None:
         layer.options[self.key] = _format(value)
@@ -150,6 +156,7 @@ class Node:
         self.line = line
         self.option_lines = option_lines or {}
         self.out_shape: Shape = (0, 0, 0)
+        self.parsed_options: dict[str, tuple[str, Any]] = {}  # key → (text, value): see Opt.__get__
 
     def where(self, key: str | None = None) -> Location:
         line = self.option_lines.get(key, self.line) if key else self.line

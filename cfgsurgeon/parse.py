@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -93,6 +94,40 @@ class _ToSections(Transformer):
         return str(tokens[0])
 
 
+# The common case, line by line: blank and comment lines, "[name]" headers and "key=value" options whose value
+# is one word or a comma list of plain numbers, each line as the grammar's tokens would read it. A text with
+# any other line (anything the grammar refuses or warns about included) goes to the lark parser, so errors
+# and warnings come from one place; tests check both give the same sections on the cfg collection and on
+# generated text.
+_BLANK = r"[ \t\f\r\v]*"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_WORD = r"(?:[A-Za-z_/]|\.(?!\d))[^\s#;=,\[\]]*"
+_LINE = re.compile(
+    rf"{_BLANK}(?:\[{_BLANK}(?P<section>{_NAME}){_BLANK}\]"
+    rf"|(?P<key>{_NAME}){_BLANK}={_BLANK}(?P<value>{_WORD}|{_NUMBER}(?:{_BLANK},{_BLANK}{_NUMBER})*))?"
+    rf"{_BLANK}(?:[#;][^\n]*)?"
+)
+_SPACES = re.compile(_BLANK)
+
+
+def _plain_sections(text: str) -> list[Section] | None:
+    """The sections of a text made only of plain lines (see above), else None."""
+    sections: list[Section] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        found = _LINE.fullmatch(line)
+        if found is None:
+            return None
+        name, key = found["section"], found["key"]
+        if name is not None:
+            sections.append(Section(name, number, []))
+        elif key is not None:
+            if not sections:
+                return None
+            sections[-1].options.append(Option(key, _SPACES.sub("", found["value"]), number))
+    return sections
+
+
 @cache
 def _parser() -> Lark:
     return Lark(  # the transformer inline: sections as rules reduce, no parse tree built then walked
@@ -112,6 +147,9 @@ def parse_text(text: str, filename: str = "<string>", warn: Warn = print) -> lis
     text = text.removeprefix("\ufeff")
     if not text.endswith("\n"):
         text += "\n"
+    plain = _plain_sections(text)
+    if plain is not None:
+        return plain
     warnings: list[str] = []
     parsing = _PARSING.set((filename, warnings))
     try:

@@ -207,6 +207,7 @@ _EXTRAS = {
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
     "openvino": "openvino",
+    "nncf": "openvino",
 }
 _NO_DEPS = {"tf_keras": "tf-keras", "tensorflow_model_optimization": "tensorflow-model-optimization"}
 

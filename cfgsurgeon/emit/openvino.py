@@ -16,9 +16,24 @@ from ..ir import Graph
 from .onnx import onnx_bytes
 
 
+def openvino_model(graph: Graph, dynamic_batch: bool = False):
+    """The graph as an in-memory ``openvino.Model``: what ``write_openvino`` saves (weights loaded)."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        onnx_path.write_bytes(onnx_bytes(graph, dynamic_batch))
+        return ov.convert_model(str(onnx_path))
+
+
 def write_openvino(
     graph: Graph, xml_path: str | Path, fp16: bool = False, dynamic_batch: bool = False
 ) -> None:
+    save_openvino(openvino_model(graph, dynamic_batch), xml_path, fp16)
+
+
+def save_openvino(model, xml_path: str | Path, fp16: bool = False) -> None:
+    """Write an ``openvino.Model`` as ``xml_path`` and the ``.bin`` beside it, each replaced atomically."""
     import openvino as ov
 
     xml_path = Path(xml_path)
@@ -26,13 +41,7 @@ def write_openvino(
         raise UsageError(f"OpenVINO output {xml_path} should end in .xml (the .bin is written beside it)")
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     # staged beside the output: a rename from the system temp folder fails across file systems (tmpfs /tmp)
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        tempfile.TemporaryDirectory(prefix=f".{xml_path.stem}.", dir=xml_path.parent) as stage,
-    ):
-        onnx_path = Path(tmp) / "model.onnx"
-        onnx_path.write_bytes(onnx_bytes(graph, dynamic_batch))
-        model = ov.convert_model(str(onnx_path))
+    with tempfile.TemporaryDirectory(prefix=f".{xml_path.stem}.", dir=xml_path.parent) as stage:
         staged = Path(stage) / xml_path.name
         ov.save_model(model, str(staged), compress_to_fp16=fp16)
         staged.with_suffix(".bin").replace(xml_path.with_suffix(".bin"))  # .bin first: the .xml names it

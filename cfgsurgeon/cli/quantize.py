@@ -1,0 +1,88 @@
+"""INT8: post-training static quantization for OpenVINO (NNCF) and ONNX Runtime (QDQ)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..int8 import BACKENDS
+from . import main
+from .common import CFG, JSON_TABLE, WEIGHTS_REQUIRED, load_model
+
+
+def _layer_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected layer numbers separated by commas, got '{value}'") from None
+
+
+@main.command()
+@CFG
+@WEIGHTS_REQUIRED
+@click.option(
+    "--backend",
+    required=True,
+    type=click.Choice(BACKENDS),
+    help="openvino: NNCF post-training quantization of the OpenVINO export (-o a .xml, the .bin beside it); "
+    "onnxruntime: static QDQ quantization of the ONNX export with onnxruntime's tools (-o a .onnx).",
+)
+@click.option(
+    "--calibration",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Real photos to calibrate the activation ranges on: an image list (one path a line, relative to "
+    "the list's folder, as darknet's train.txt) or a folder of images, prepared as `detect` prepares them.",
+)
+@click.option(
+    "--subset",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Calibrate on the first N photos of --calibration (a folder's in name order).",
+)
+@click.option(
+    "--keep-float",
+    "keep_float",
+    metavar="LAYERS",
+    callback=_layer_list,
+    help="Convolutional layers (numbers, comma separated, as `inspect` lists them) to leave in float.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The int8 model: .xml (openvino) or .onnx (onnxruntime); `detect --backend B --model OUT` runs it.",
+)
+@JSON_TABLE
+def quantize(
+    cfg: Path,
+    weights: Path,
+    backend: str,
+    calibration: Path,
+    subset: int,
+    keep_float: tuple[int, ...],
+    output: Path,
+    as_json: bool,
+) -> None:
+    """Write an INT8 model for OpenVINO or ONNX Runtime (post-training static quantization).
+
+    Weights are int8 per output channel, activations int8 per tensor with ranges measured on the
+    calibration photos. Prints what was written, the float and int8 sizes, and per convolution how far its
+    int8 output is from the float one on the calibration photos (SQNR in dB: higher is closer; relative
+    error = |float - int8| / |float|).
+    """
+    report = load_model(cfg, weights).quantize(
+        output,
+        backend=backend,
+        calibration=calibration,
+        subset=subset,
+        keep_float=keep_float,
+        progress=True,
+    )
+    click.echo(report.json() if as_json else str(report))

@@ -1,0 +1,341 @@
+"""Post-training static INT8 for OpenVINO (NNCF) and ONNX Runtime (its own quantization tools), calibrated on
+real photos prepared exactly as ``detect`` prepares them (``images.load_image`` + ``images.network_input``).
+
+* **OpenVINO**: ``nncf.quantize`` on the ``openvino.Model`` that the OpenVINO export builds, preset ``mixed``:
+  symmetric per-channel int8 weights and asymmetric per-tensor int8 activations. NNCF recommends ``mixed`` for
+  activations that are not ReLU's; darknet's leaky ReLU outputs are asymmetric (a long positive side, a short
+  negative one), so a symmetric activation grid would waste half its codes. NNCF's fast bias correction is on
+  (its default), which moves each conv's bias to cancel the mean shift its int8 weights cause.
+* **ONNX Runtime**: ``onnxruntime.quantization.quantize_static`` on our ONNX export: QDQ format (what both
+  ONNX Runtime and OpenVINO run as int8 kernels), per-channel symmetric int8 weights, int8 activations with
+  MinMax ranges, on the convolutions (their inputs, weights and outputs). The runtime's own tool rather than
+  NNCF's ONNX path: it ships with onnxruntime (no other package) and writes the QDQ layout the runtime's
+  kernels are built for.
+
+``keep_float`` keeps chosen convolutional layers in float (NNCF's ignored scope, onnxruntime's excluded
+nodes). The report measures each convolution's output error, float vs int8, on the calibration photos in the
+runtime itself (OpenVINO and ONNX Runtime can both expose intermediate tensors as extra outputs).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import layers as L
+from .emit.heads import INPUT_NAME
+from .errors import UsageError
+from .ir import Graph
+
+BACKENDS = ("openvino", "onnxruntime")
+SUFFIXES = {"openvino": ".xml", "onnxruntime": ".onnx"}
+
+
+# -- calibration photos --------------------------------------------------------------------------------------
+
+
+def calibration_images(source: str | Path, subset: int | None = None) -> list[Path]:
+    """The photos of ``source``: a darknet image list (one path a line, relative paths from the list's folder,
+    as the dataset reader takes them) or a folder (its image files by name, label ``.txt`` files skipped);
+    the first ``subset`` of them when given."""
+    from PIL import Image
+
+    source = Path(source)
+    if source.is_dir():
+        suffixes = set(Image.registered_extensions())
+        paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if not paths:
+            raise UsageError("the calibration folder holds no image", str(source))
+    elif source.is_file():
+        from .train.dataset import read_image_list
+
+        paths = read_image_list(source)
+        if not paths:
+            raise UsageError("the calibration list names no image", str(source))
+    else:
+        raise UsageError("no such calibration image list or folder", str(source))
+    if subset is not None and subset < 1:
+        raise UsageError(f"`subset` must be at least 1, got {subset}")
+    return paths[:subset]
+
+
+def network_batch(graph: Graph, path: Path) -> np.ndarray:
+    """One photo as ``detect`` feeds it to the network: a 1×C×H×W float32 batch."""
+    from .images import load_image, network_input
+
+    return network_input(graph, load_image(path, graph.net.channels))[None]
+
+
+# -- quantization --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """How far one convolution's int8 output is from its float output over the calibration photos."""
+
+    layer: int
+    description: str
+    sqnr_db: float  # 10·log10(Σ float² / Σ (float − int8)²)
+    relative_error: float  # ‖float − int8‖ / ‖float‖
+    kept_float: bool
+    runs_in: str | None = None  # the precision the runtime executes it in, where it says (OpenVINO)
+
+    def to_dict(self) -> dict:
+        return {
+            "layer": self.layer,
+            "description": self.description,
+            "sqnr_db": self.sqnr_db,
+            "relative_error": self.relative_error,
+            "kept_float": self.kept_float,
+            "runs_in": self.runs_in,
+        }
+
+
+@dataclass(frozen=True)
+class QuantizedFile:
+    """What :func:`quantize` wrote and measured."""
+
+    backend: str
+    paths: list[Path]
+    images: int
+    float_bytes: int
+    int8_bytes: int
+    layers: list[LayerError]
+    method: str
+
+
+def conv_layers(graph: Graph) -> list[L.Layer]:
+    return [layer for layer in graph.layers if isinstance(layer, L.Convolutional)]
+
+
+def _conv_node(index: int) -> str:
+    """The name of layer ``index``'s convolution (with its bias, BN folded) in our ONNX export and in the
+    OpenVINO model converted from it: the torch backend's module path ``blocks.<index>.conv``."""
+    return f"/blocks.{index}/conv/Conv"
+
+
+def check_keep_float(graph: Graph, keep_float: Sequence[int]) -> list[int]:
+    convs = {layer.index for layer in conv_layers(graph)}
+    wrong = [index for index in keep_float if index not in convs]
+    if wrong:
+        raise UsageError(f"`keep_float`: layer {wrong[0]} is not a convolutional layer of the model")
+    return sorted(set(keep_float))
+
+
+def check_backend(backend: str, output: Path) -> None:
+    if backend not in BACKENDS:
+        raise UsageError(f"`backend` must be one of {', '.join(BACKENDS)} for int8, got '{backend}'")
+    if output.suffix != SUFFIXES[backend]:
+        raise UsageError(f"the {backend} int8 output {output} should end in {SUFFIXES[backend]}")
+
+
+def quantize(
+    graph: Graph,
+    backend: str,
+    images: list[Path],
+    output: Path,
+    keep_float: Sequence[int] = (),
+    progress: bool = False,
+) -> QuantizedFile:
+    """Quantize ``graph`` (weights loaded) for ``backend``, calibrated on ``images``, into ``output``
+    (``.xml`` + ``.bin`` for openvino, ``.onnx`` for onnxruntime), and measure each conv's output error.
+    ``progress``: NNCF's progress bars on stderr."""
+    check_backend(backend, output)
+    kept = check_keep_float(graph, keep_float)
+    batches = [network_batch(graph, path) for path in images]  # every photo checked before the slow part
+    output.parent.mkdir(parents=True, exist_ok=True)
+    run = _openvino if backend == "openvino" else _onnxruntime
+    return run(graph, batches, output, kept, progress)
+
+
+@contextmanager
+def _quiet_libraries(progress: bool = False) -> Iterator[None]:
+    """Library code prints nothing: NNCF draws its progress bars on stdout (sent to stderr with
+    ``progress``, else dropped), and NNCF and ONNX Runtime give advice through logging (errors only)."""
+    loggers = [logging.getLogger(name) for name in ("nncf", "root")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with redirect_stdout(sys.stderr if progress else io.StringIO()):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _openvino(
+    graph: Graph, batches: list[np.ndarray], output: Path, kept: list[int], progress: bool
+) -> QuantizedFile:
+    import nncf
+    import openvino as ov
+
+    from .emit.openvino import openvino_model, save_openvino
+
+    float_model = openvino_model(graph)
+    ignored = nncf.IgnoredScope(names=[f"{_conv_node(i)}/WithoutBiases" for i in kept])
+    with _quiet_libraries(progress):
+        int8_model = nncf.quantize(
+            float_model,
+            nncf.Dataset(batches),
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(batches),
+            ignored_scope=ignored,
+        )
+    save_openvino(int8_model, output)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_openvino(float_model, Path(tmp) / "float.xml")
+        float_bytes = sum(p.stat().st_size for p in Path(tmp).iterdir())
+    paths = [output, output.with_suffix(".bin")]
+    errors = _layer_errors(
+        graph,
+        kept,
+        _openvino_outputs(ov, float_model, graph, batches),
+        _openvino_outputs(ov, int8_model, graph, batches),
+    )
+    precisions = _openvino_precisions(ov, int8_model)
+    errors = [replace(error, runs_in=precisions.get(error.layer)) for error in errors]
+    method = f"NNCF {nncf.__version__}, preset mixed, fast bias correction"
+    int8_bytes = sum(p.stat().st_size for p in paths)
+    return QuantizedFile("openvino", paths, len(batches), float_bytes, int8_bytes, errors, method)
+
+
+def _openvino_outputs(ov, model, graph: Graph, batches: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
+    """Per photo, each conv layer's output (by layer index), read through extra outputs of a copy of
+    ``model``, compiled as ``detect`` compiles it (CPU, f32 inference where not int8)."""
+    model = model.clone()
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    taps = {
+        layer.index: ops[_conv_node(layer.index)]
+        for layer in conv_layers(graph)
+        if _conv_node(layer.index) in ops
+    }
+    outputs = model.add_outputs([op.output(0) for op in taps.values()])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    first = len(compiled.outputs) - len(outputs)  # the extra outputs come after the model's own
+    request = compiled.create_infer_request()
+    results = []
+    for batch in batches:
+        values = request.infer({0: batch}).to_tuple()
+        results.append({index: np.array(values[first + k]) for k, index in enumerate(taps)})
+    return results
+
+
+def _openvino_precisions(ov, model) -> dict[int, str]:
+    """Per conv layer, the precision OpenVINO's CPU plugin runs it in (u8/i8: int8 kernels; f32: it fell
+    back, e.g. where a concat joins tensors quantized differently)."""
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    found = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        match = re.fullmatch(r"/blocks\.(\d+)/conv/Conv/WithoutBiases", op.get_friendly_name())
+        if match and info["layerType"].astype(str) == "Convolution":
+            found[int(match.group(1))] = info["runtimePrecision"].astype(str)
+    return found
+
+
+def _onnxruntime(
+    graph: Graph, batches: list[np.ndarray], output: Path, kept: list[int], progress: bool
+) -> QuantizedFile:
+    import onnx
+    import onnxruntime
+    from onnxruntime import quantization as q
+
+    from .emit.onnx import onnx_bytes
+    from .files import atomic_output
+
+    float_bytes = onnx_bytes(graph)
+
+    class Photos(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.remaining = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.remaining, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet_libraries(progress):
+        int8_path = Path(tmp) / "int8.onnx"
+        q.quantize_static(
+            onnx.load_from_string(float_bytes),
+            str(int8_path),
+            Photos(),
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
+            calibrate_method=q.CalibrationMethod.MinMax,
+            # convolutions only (NNCF's choice too): the export pads max pools with -inf, whose range
+            # would give the pad's tensor a NaN zero point
+            op_types_to_quantize=["Conv"],
+            nodes_to_exclude=[_conv_node(i) for i in kept],
+        )
+        int8_bytes = int8_path.read_bytes()
+    with atomic_output(output) as out:
+        out.write(int8_bytes)
+    errors = _layer_errors(
+        graph,
+        kept,
+        _onnx_outputs(onnx, onnxruntime, float_bytes, graph, batches),
+        _onnx_outputs(onnx, onnxruntime, int8_bytes, graph, batches),
+    )
+    method = f"onnxruntime {onnxruntime.__version__} quantize_static, QDQ, per-channel weights, MinMax"
+    return QuantizedFile(
+        "onnxruntime", [output], len(batches), len(float_bytes), len(int8_bytes), errors, method
+    )
+
+
+def _onnx_outputs(onnx, onnxruntime, data: bytes, graph: Graph, batches: list[np.ndarray]):
+    """Per photo, each conv layer's output, read by making its tensor a graph output of a copy."""
+    model = onnx.load_from_string(data)
+    produced = {out for node in model.graph.node for out in node.output}
+    taps = {
+        layer.index: f"{_conv_node(layer.index)}_output_0"
+        for layer in conv_layers(graph)
+        if f"{_conv_node(layer.index)}_output_0" in produced
+    }
+    present = {out.name for out in model.graph.output}
+    for name in taps.values():
+        if name not in present:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    results = []
+    for batch in batches:
+        values = session.run(list(taps.values()), {INPUT_NAME: batch})
+        results.append(dict(zip(taps, values, strict=True)))
+    return results
+
+
+def _layer_errors(
+    graph: Graph,
+    kept: list[int],
+    floats: list[dict[int, np.ndarray]],
+    int8s: list[dict[int, np.ndarray]],
+) -> list[LayerError]:
+    errors = []
+    for layer in conv_layers(graph):
+        if layer.index not in floats[0] or layer.index not in int8s[0]:
+            continue
+        signal = sum(float(np.sum(np.square(f[layer.index], dtype=np.float64))) for f in floats)
+        noise = sum(
+            float(np.sum(np.square(f[layer.index] - q[layer.index], dtype=np.float64)))
+            for f, q in zip(floats, int8s, strict=True)
+        )
+        sqnr = math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal else -math.inf
+        relative = math.sqrt(noise / signal) if signal else math.inf
+        errors.append(
+            LayerError(
+                layer.index, f"{layer.filters} {layer.describe()}", sqnr, relative, layer.index in kept
+            )
+        )
+    return errors

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 from ..ir import Graph, load_cfg
 from .editing import Editing
+from .quantizing import Quantizing
 from .report import Report
 from .running import Running
 from .training import Training
@@ -27,7 +28,7 @@ def quiet(message: str) -> None:
     """The default ``warn`` of the API: cfg warnings are dropped (pass ``warn=print`` to see them)."""
 
 
-class Model(Editing, Running, Training, Workflows):
+class Model(Editing, Quantizing, Running, Training, Workflows):
     """A darknet model: ``graph`` (the IR, for experts) and where it was read from.
 
     >>> from cfgsurgeon import Model

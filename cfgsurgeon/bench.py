@@ -37,14 +37,16 @@ Warn = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to measure: a cfg and its weights (None: seeded well-conditioned random weights)."""
+    """A model to measure: a cfg and its weights (None: seeded well-conditioned random weights), or the cfg
+    and a ``model`` file exported for the backend (an int8 model, say), which holds its own weights."""
 
     cfg: Path
     weights: Path | None = None
+    model: Path | None = None
 
     @property
     def random_weights(self) -> bool:
-        return self.weights is None
+        return self.weights is None and self.model is None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class LoadedModel:
     cfg: str
     weights: str | None
     random_weights: bool
+    model: Path | None = None
 
 
 def default_threads() -> int:
@@ -211,13 +214,20 @@ def _measure_interleaved(
     batch: int,
     seed: int,
     progress: bool | None,
+    files: Sequence[Path | None],
 ) -> list[dict[str, Any]]:
     with ExitStack() as stack:
         models = [
             _build(
-                graph, backend, threads, batch, seed, Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                graph,
+                backend,
+                threads,
+                batch,
+                seed,
+                Path(stack.enter_context(tempfile.TemporaryDirectory())),
+                file,
             )
-            for graph in graphs
+            for graph, file in zip(graphs, files, strict=True)
         ]
         with _progress((warmup + runs) * len(models), "interleaved", progress) as bar:
             for i in range(warmup + runs):
@@ -283,12 +293,25 @@ def bench(
             graphs.append(graph)
         else:
             models[-1].update(
-                measure(graph, backend, runs, warmup, threads, batch, seed, progress, Path(spec.cfg).name)
+                measure(
+                    graph,
+                    backend,
+                    runs,
+                    warmup,
+                    threads,
+                    batch,
+                    seed,
+                    progress,
+                    Path(spec.cfg).name,
+                    spec.model,
+                )
             )
     if interleave:
         for model, figures in zip(
             models,
-            _measure_interleaved(graphs, backend, runs, warmup, threads, batch, seed, progress),
+            _measure_interleaved(
+                graphs, backend, runs, warmup, threads, batch, seed, progress, [spec.model for spec in specs]
+            ),
             strict=True,
         ):
             model.update(figures)

@@ -49,9 +49,10 @@ class Running:
         """Detect objects in photos as ``darknet detector test -ext_output`` does (``cfgsurgeon detect``).
 
         ``names``: a darknet ``.names`` file or the class names themselves (default: the class numbers).
-        ``backend`` runs the network (``model``: an exported file for a backend other than torch, else it
-        is exported in memory). ``output``: a folder that gets ``<image-stem>.png`` with the boxes drawn
-        (nothing is drawn without it). Returns the detections of every photo (:class:`Detections`).
+        ``backend`` runs the network (``model``: an exported file for a backend other than torch, which
+        holds the weights, so a model loaded from its cfg alone will do; else it is exported in memory).
+        ``output``: a folder that gets ``<image-stem>.png`` with the boxes drawn (nothing is drawn without
+        it). Returns the detections of every photo (:class:`Detections`).
 
         >>> model.detect("dog.jpg", names="coco.names").detections[0][0].name  # doctest: +SKIP
         'dog'
@@ -59,6 +60,8 @@ class Running:
         from ..detect import check_images, detect_image, draw, output_paths
         from ..runtimes import make_runner
 
+        if model is None and not self.has_weights:
+            raise UsageError("detecting needs the model's `weights`, or an exported `model` that holds them")
         paths = [Path(images)] if isinstance(images, str | Path) else [Path(image) for image in images]
         check_images(paths)
         drawn = [] if output is None else output_paths(paths, Path(output))
@@ -89,6 +92,8 @@ class Running:
         all_classes: bool = False,
         save_json: str | Path | None = None,
         save_txt: str | Path | None = None,
+        backend: str = "torch",
+        model: str | Path | None = None,
         progress: bool = False,
         log: Log | None = None,
     ) -> Evaluation:
@@ -96,8 +101,10 @@ class Running:
         ``pr_thresh``, COCO mAP@0.5 and mAP@0.5:0.95 over the detections above ``thresh`` after NMS at
         ``iou``, overall and per class. ``classes`` (ids or names) scores only those; ``all_classes`` lists
         every class in the table. ``save_json`` / ``save_txt`` write the detections as COCO results / darknet
-        txt files. ``progress``: a bar on stderr (on a terminal); ``log`` gets how the photos are prepared,
-        the time taken and what was written. Returns the metrics and the detections (:class:`Evaluation`).
+        txt files. ``backend`` and ``model`` run the network as in :meth:`detect` (one photo at a time,
+        except torch). ``progress``: a bar on stderr (on a terminal); ``log`` gets how the photos are
+        prepared, the time taken and what was written. Returns the metrics and the detections
+        (:class:`Evaluation`).
 
         >>> model.evaluate("coco.data", classes="car,bus").mAP50  # doctest: +SKIP
         0.4123
@@ -107,15 +114,22 @@ class Running:
         except ImportError as exc:
             hint = "pip install 'cfgsurgeon[torch]'"
             raise UsageError(f"eval needs the package '{exc.name}': {hint}") from None
+        if model is None and not self.has_weights:
+            raise UsageError("evaluating needs the model's `weights`, or an exported `model` that holds them")
         if save_json is not None:
             refuse_overwrite([Path(save_json)], [self.cfg, self.weights, Path(data)])
+        runner = None
+        if backend != "torch" or model is not None:
+            from ..runtimes import make_runner
+
+            runner = make_runner(self.graph, backend, None if model is None else Path(model))
         log = log or _silent
         log(Preparation.of(self.graph).describe())
         if classes is not None and not isinstance(classes, str):
             classes = ",".join(str(chosen) for chosen in classes)
         warnings: list[str] = []
         result = evaluate_data(
-            self.graph, data, split, thresh, iou, pr_thresh, batch, warnings.append, classes, progress
+            self.graph, data, split, thresh, iou, pr_thresh, batch, warnings.append, classes, progress, runner
         )
         log(result.timing_line())
         txt_files: list[Path] = []

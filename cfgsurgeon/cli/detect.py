@@ -9,12 +9,35 @@ import click
 from ..runtimes import BACKENDS
 from ..train.options import SPLITS
 from . import main
-from .common import CFG, JSON_TABLE, WEIGHTS_REQUIRED, load_model, warn
+from .common import CFG, JSON_TABLE, load_model, warn
+
+WEIGHTS_OR_MODEL = click.option(
+    "--weights",
+    "weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Darknet weights (.weights) matching the cfg; not needed with --model, which holds its own.",
+)
+
+BACKEND = click.option(
+    "--backend",
+    default="torch",
+    show_default=True,
+    type=click.Choice(list(BACKENDS)),
+    help="Runtime that runs the network. onnxruntime/openvino/tf1/keras/tflite run --model, or export the "
+    "cfg+weights in memory when --model is not given.",
+)
+MODEL = click.option(
+    "--model",
+    type=click.Path(exists=True, path_type=Path),
+    help="An exported model (.onnx for onnxruntime, .xml for openvino, the frozen .pb that the `export "
+    "--format tf1` file writes for tf1, .keras or a SavedModel directory for keras, .tflite for tflite) "
+    "made from this cfg by `export` (or `quantize`); it holds the weights, so --weights is not needed.",
+)
 
 
 @main.command()
 @CFG
-@WEIGHTS_REQUIRED
+@WEIGHTS_OR_MODEL
 @click.option(
     "--names",
     "names",
@@ -48,24 +71,11 @@ from .common import CFG, JSON_TABLE, WEIGHTS_REQUIRED, load_model, warn
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory for the annotated copies, <image-stem>.png (never an input image).",
 )
-@click.option(
-    "--backend",
-    default="torch",
-    show_default=True,
-    type=click.Choice(list(BACKENDS)),
-    help="Runtime that runs the network. onnxruntime/openvino/tf1/keras/tflite run --model, or export the "
-    "cfg+weights in memory when --model is not given.",
-)
-@click.option(
-    "--model",
-    type=click.Path(exists=True, path_type=Path),
-    help="An exported model (.onnx for onnxruntime, .xml for openvino, the frozen .pb that the `export "
-    "--format tf1` file writes for tf1, .keras or a SavedModel directory for keras, .tflite for tflite) "
-    "made from this cfg by `export`.",
-)
+@BACKEND
+@MODEL
 def detect(
     cfg: Path,
-    weights: Path,
+    weights: Path | None,
     names: Path,
     images: tuple[Path, ...],
     thresh: float,
@@ -99,7 +109,7 @@ def detect(
 
 @main.command(name="eval")
 @CFG
-@WEIGHTS_REQUIRED
+@WEIGHTS_OR_MODEL
 @click.option(
     "--data",
     "data",
@@ -161,10 +171,12 @@ def detect(
     "detection, '<class> <cx> <cy> <w> <h> <prob>', normalised to the photo (darknet's label layout plus "
     "the probability).",
 )
+@BACKEND
+@MODEL
 @JSON_TABLE
 def eval_command(
     cfg: Path,
-    weights: Path,
+    weights: Path | None,
     data: Path,
     split: str,
     thresh: float,
@@ -175,6 +187,8 @@ def eval_command(
     all_classes: bool,
     save_json: Path | None,
     save_txt: Path | None,
+    backend: str,
+    model: Path | None,
     as_json: bool,
 ) -> None:
     """Score a model on a darknet dataset: P, R, mAP@0.5 and mAP@0.5:0.95, overall and per class.
@@ -196,6 +210,8 @@ def eval_command(
         all_classes=all_classes,
         save_json=save_json,
         save_txt=save_txt,
+        backend=backend,
+        model=model,
         progress=True,
         log=None if as_json else (lambda line: click.echo(line, err=True)),
     )

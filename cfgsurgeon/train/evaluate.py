@@ -249,10 +249,13 @@ def predict(
     iou_thresh: float = 0.45,
     batch_size: int = 16,
     progress: bool = False,
+    runner: Callable[[np.ndarray], list[np.ndarray]] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Run ``model`` (a :class:`~cfgsurgeon.emit.torch.DarknetModel`, or a :class:`Graph` with weights) over
     an un-augmented ``dataset``; per image, detections ``n×6`` and truths ``k×5`` in network-input units.
-    ``progress``: a bar over the images on stderr, shown only when stderr is a terminal."""
+    ``progress``: a bar over the images on stderr, shown only when stderr is a terminal. ``runner``: a
+    runtime's runner (``runtimes.make_runner``) runs the network instead, one image at a time, and ``model``
+    is the :class:`Graph` it was made from."""
     import torch
     from tqdm import tqdm
 
@@ -261,19 +264,20 @@ def predict(
     from ..emit.torch import to_torch
     from .dataset import make_loader, to_corners
 
-    net = model if isinstance(model, torch.nn.Module) else to_torch(model)
-    graph: Graph = net.graph
+    net = None if runner is not None else model if isinstance(model, torch.nn.Module) else to_torch(model)
+    graph: Graph = model if net is None else net.graph
     keep = [layer.index for layer in head_layers(graph)]
     net_wh = (graph.net.width, graph.net.height)
-    device = next(net.parameters(), torch.empty(0)).device
+    device = torch.device("cpu") if net is None else next(net.parameters(), torch.empty(0)).device
     found, truths = [], []
-    was_training = net.training
-    net.eval()
+    was_training = net is not None and net.training
+    if net is not None:
+        net.eval()
     bar = tqdm(total=len(dataset), desc="eval", unit="image", leave=False, disable=None if progress else True)
     try:
         with torch.inference_mode(), bar:
             for images, targets, _ in make_loader(dataset, batch_size):
-                outputs = [out.float().cpu().numpy() for out in net(images.to(device), keep=keep)]
+                outputs = _head_outputs(net, runner, images.to(device), keep)
                 for i in range(len(images)):
                     dets = decode_detections(
                         graph, [out[i] for out in outputs], net_wh, conf_thresh, nms=iou_thresh
@@ -282,8 +286,16 @@ def predict(
                     truths.append(to_corners(targets[targets[:, 0] == i, 1:].numpy()))
                 bar.update(len(images))
     finally:
-        net.train(was_training)
+        if net is not None:
+            net.train(was_training)
     return found, truths
+
+
+def _head_outputs(net, runner, images, keep: list[int]) -> list[np.ndarray]:
+    if runner is None:
+        return [out.float().cpu().numpy() for out in net(images, keep=keep)]
+    per_image = [runner(image[None]) for image in images.numpy()]  # exported models may have batch 1
+    return [np.concatenate(heads) for heads in zip(*per_image, strict=True)]
 
 
 def _rows(dets, net_wh: tuple[int, int]) -> np.ndarray:
@@ -386,9 +398,11 @@ def evaluate_data(
     warn: Callable[[str], None] = print,
     classes: str | None = None,
     progress: bool = False,
+    runner: Callable[[np.ndarray], list[np.ndarray]] | None = None,
 ) -> Evaluation:
     """``cfgsurgeon eval``: ``graph`` (weights loaded) on a ``.data`` file's split. ``classes``: ids or names,
-    comma separated (:func:`select_classes`); ``progress``: a bar on a terminal (see :func:`predict`).
+    comma separated (:func:`select_classes`); ``progress``: a bar on a terminal; ``runner``: another runtime
+    runs the network (see :func:`predict`).
 
     A split where no image has a label file is refused (a wrong folder layout, not a dataset without
     objects); when some have none, ``warn`` says how many and names one."""
@@ -406,7 +420,7 @@ def evaluate_data(
     labels = [find_label(image) for image in dataset.images]
     _check_labels(dataset.images, labels, image_list, warn)
     start = time.perf_counter()
-    found, truths = predict(graph, dataset, conf_thresh, iou_thresh, batch_size, progress)
+    found, truths = predict(graph, dataset, conf_thresh, iou_thresh, batch_size, progress, runner)
     metrics = score(found, truths, spec.names, pr_thresh, chosen)
     seconds = time.perf_counter() - start
     if chosen is not None:

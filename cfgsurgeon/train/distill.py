@@ -10,6 +10,10 @@ logits divided by the temperature ``T`` and scaled by ``T²`` so the gradient si
   distance of the raw logits) weighted per slot by the teacher's objectness probability, so that the
   student copies the teacher where the teacher sees objects rather than the vast background.
 
+``detection`` is the default: on a real pruned yolov3-tiny (4 classes, 416×416) the ``soft`` term at weight
+1 was about 100× the detection loss — class logits of background slots, which no label constrains, dominate
+it — where ``detection``'s was about half of it.
+
 With ``new_coords=1`` heads (raw outputs, no logistic) every term is ``½(student − teacher)²``. The sum is
 divided by the number of images, like the detection loss it is added to (times ``weight``).
 """
@@ -28,7 +32,11 @@ from .options import DISTILL_MODES as MODES
 
 class Distiller:
     def __init__(
-        self, heads: Sequence[YoloHead], mode: str = "soft", weight: float = 1.0, temperature: float = 1.0
+        self,
+        heads: Sequence[YoloHead],
+        mode: str = "detection",
+        weight: float = 1.0,
+        temperature: float = 1.0,
     ):
         if mode not in MODES:
             raise UsageError(f"unknown distillation mode '{mode}' (one of: {', '.join(MODES)})")

@@ -58,6 +58,7 @@ from ..ir import Graph, load_cfg
 from ..layers import Layer
 from ..weights import WeightsHeader, read_weights, read_weights_inferred, take_matching, write_weights
 from . import options as opt
+from .average import WeightAverage
 from .distill import Distiller
 from .loss import YoloLoss, yolo_heads
 from .monitor import DivergenceGuard, EarlyStop, ProgressLines, TrainingStopped, format_duration, plot_history
@@ -105,9 +106,10 @@ class TrainConfig:
     sparsity_decay_start: float = 0.5  # share of the run after which the decaying schedules decay
     sparsity_protect: float = 0.3  # local-decay: share of penalised channels (largest |γ|) spared
     fade: dict[int, list[int]] | None = None  # layer → BN channels whose γ shrink linearly to 0 (ChannelFade)
+    ema: float = 0.0  # decay of the weights' moving average that is evaluated and written (0: off)
     teacher_cfg: Path | None = None
     teacher_weights: Path | None = None
-    distill: str = "soft"  # soft | detection
+    distill: str = "detection"  # detection | soft
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
     amp: bool = False
@@ -558,6 +560,7 @@ class _Run:
             ),
         )
         self.fade = ChannelFade(self.model, self.graph, config.fade or {})
+        self.average = self._average()
         self.optimizer = make_optimizer(self.model, self.graph, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
         self.teacher, self.distiller = self._teacher(teacher)
@@ -592,10 +595,29 @@ class _Run:
         self.teacher_sources = [head.source for head in teacher_heads]
         return teacher, distiller
 
+    def _average(self) -> WeightAverage | None:
+        """The moving average of the weights (``ema``) that is evaluated and written, if asked for; a resumed
+        run's model (the checkpoint's weights) is that average."""
+        config = self.config
+        if not config.ema:
+            return None
+        if config.fade:
+            raise UsageError("`ema` cannot be combined with `fade`: an average of fading γ never reaches 0")
+        return WeightAverage(self.model, config.ema)
+
+    @property
+    def deployed(self) -> nn.Module:
+        """The weights evaluated and written: the moving average with ``ema``, else the model's own."""
+        return self.model if self.average is None else self.average.model
+
     def _restore(self, path: Path) -> None:
         saved = checkpoint_entry(path, "train")
         if not isinstance(saved, dict):
             raise UsageError("this checkpoint has no training state to resume (not a train() last.pt)", path)
+        if saved.get("live") is not None:  # trained with ema: the checkpoint's model is the average
+            self.model.load_state_dict(saved["live"])
+            if self.average is not None:
+                self.average.updates = saved["ema_updates"]
         self.optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
@@ -721,6 +743,11 @@ class _Run:
                 f"fade: the γ of {self.fade.channels} BN channels in {len(self.fade.targets)} layers shrink "
                 "linearly to 0 over the run (prune-aware training)"
             )
+        if self.average is not None:
+            lines.append(
+                f"ema: the moving average of the weights (decay {self.average.decay:g}, about "
+                f"{1 / (1 - self.average.decay):.0f} steps) is evaluated and written"
+            )
         if self.state.step:
             lines.append(f"resuming at epoch {self.state.epoch + 1}, step {self.state.step}")
         return lines
@@ -761,6 +788,8 @@ class _Run:
                 break
             lr = self._step(images, targets, parts, state.step / total)
             self.fade.apply(state.step, total)
+            if self.average is not None:
+                self.average.update(self.model)
             sums += self._last_parts
             count += 1
             loss = float(self._last_parts[0])
@@ -854,7 +883,7 @@ class _Run:
     # -- outputs --------------------------------------------------------------------------------------------
     def _epoch_outputs(self, record: EpochRecord, output: Path, final: bool, on_epoch) -> None:
         config = self.config
-        store_darknet_weights(self.model, self.graph)
+        store_darknet_weights(self.deployed, self.graph)
         if self.penalty.schedule.strength and self.penalty.targets:
             record.safe_ratio = safe_slim_ratio(self.graph)
         try:
@@ -883,7 +912,7 @@ class _Run:
         self.early_stop = None
         if not (final or record.epoch % self.config.eval_every == 0):
             return False
-        metrics = evaluate(self.model, self.valid, names=self._names())
+        metrics = evaluate(self.deployed, self.valid, names=self._names())
         record.P, record.R = _finite(metrics.P), _finite(metrics.R)
         record.map50, record.map50_95 = _finite(metrics.mAP50), _finite(metrics.mAP50_95)
         try:
@@ -932,7 +961,10 @@ class _Run:
                 "epochs": list(state.epochs),
             }
         }
-        save_checkpoint(self.model, path, extra)
+        if self.average is not None:  # the file's model is the average; training continues from these
+            live = {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
+            extra["train"].update(live=live, ema_updates=self.average.updates)
+        save_checkpoint(self.deployed, path, extra)
 
     def _save_best(self, output: Path) -> None:
         self._save_checkpoint(output / "best.pt")
@@ -971,7 +1003,7 @@ class _Run:
         return WeightsHeader(self.header.major, self.header.minor, self.header.revision, seen)
 
     def _finish(self, output: Path) -> TrainResult:
-        store_darknet_weights(self.model, self.graph)
+        store_darknet_weights(self.deployed, self.graph)
         result = TrainResult(self.graph, list(self.state.step_losses), [], output, plots=self.plots)
         result.epochs = [EpochRecord(**entry) for entry in self.state.epochs]
         result.stopped = self.stopped

@@ -9,6 +9,10 @@ wall time and in CPU time (this process's user + system time, less disturbed by 
 information: the time of each step, what building and writing report.json and report.md add (the CLI writes
 them too), and the CLI itself as a subprocess (interpreter start-up and imports included).
 
+Then the default `cfgsurgeon prune` (verification on) as a child process against a child process doing the
+numpy read+write, interleaved, each with its own wall time, CPU time and peak RSS (``os.wait4``), the RSS
+as a multiple of the weights file.
+
     python benchmarks/bench_prune.py [--cfg ../shared/zoo/cfg/yolov4.cfg] [--repeat 5]
 """
 
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,7 @@ from cfgsurgeon import load_cfg, read_weights, write_cfg, write_weights
 from cfgsurgeon.files import atomic_output
 from cfgsurgeon.randinit import random_weights
 from cfgsurgeon.surgery.prune import PruneResult, prune, report, report_markdown
+from cfgsurgeon.verify import verify_prune
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "zoo" / "cfg"
 
@@ -92,11 +98,11 @@ def write_reports(result: PruneResult, cfg: Path, outdir: Path) -> None:
         out.write(report_markdown(data, str(cfg)))
 
 
-def cli_args(cfg: Path, weights: Path, outdir: Path, options: dict) -> list[str]:
+def cli_args(cfg: Path, weights: Path, outdir: Path, options: dict, verify: bool = False) -> list[str]:
     args = [sys.executable, "-m", "cfgsurgeon.cli", "prune", "--cfg", str(cfg), "--weights", str(weights)]
     for key, value in options.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    return [*args, "--no-verify", "-o", str(outdir)]
+    return [*args, "--verify" if verify else "--no-verify", "-o", str(outdir)]
 
 
 def bench(cfg: Path, repeat: int, tmp: Path) -> None:
@@ -124,6 +130,7 @@ def bench(cfg: Path, repeat: int, tmp: Path) -> None:
         t_ours, c_ours, steps = best_of(repeat, model)
         result, _ = prune_model(cfg, source, outdir, options)
         t_reports, _, _ = best_of(repeat, lambda result=result: write_reports(result, cfg, outdir))
+        t_verify, c_verify, checked = best_of(repeat, lambda result=result: verify_prune(result))
         pruned = (outdir / "pruned.weights").stat().st_size
         t_cli, _, _ = best_of(
             max(1, repeat // 2),
@@ -136,8 +143,69 @@ def bench(cfg: Path, repeat: int, tmp: Path) -> None:
             f"  {name}: end to end {t_ours:.3f} s, ratio {t_ours / t_plain:.2f}x "
             f"(CPU {c_ours:.3f} s, ratio {c_ours / c_plain:.2f}x)\n"
             f"    pruned.weights is {pruned / size:.0%} of the input; steps (s): {detail}\n"
+            f"    with the verification (the default; {checked.error:.2g} at input "
+            f"{'x'.join(map(str, checked.input_shape[1:]))}): +{t_verify:.3f} s, ratio "
+            f"{(t_ours + t_verify) / t_plain:.2f}x (CPU {(c_ours + c_verify) / c_plain:.2f}x)\n"
             f"    for information: report.json + report.md add {t_reports:.3f} s "
             f"(ratio with them {(t_ours + t_reports) / t_plain:.2f}x); the CLI as a subprocess: {t_cli:.3f} s"
+        )
+
+
+@dataclass
+class Run:
+    """One child process: wall seconds, CPU seconds (user + system) and peak resident memory in bytes."""
+
+    wall: float
+    cpu: float
+    peak_rss: int
+
+
+# Runs the command and reports it alone. A forked child starts with its parent's peak RSS on Linux, so the
+# command is started from this small launcher, not from the benchmark holding the model in memory.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(process.pid, 0)
+wall = time.perf_counter() - start
+print(json.dumps([os.waitstatus_to_exitcode(status), wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss]))
+"""
+
+
+def child(args: list[str]) -> Run:
+    """Run ``args`` to completion in a child process and measure it alone."""
+    launched = subprocess.run([sys.executable, "-c", LAUNCHER, *args], capture_output=True, text=True)
+    status, wall, cpu, peak_kib = json.loads(launched.stdout)
+    if status != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{launched.stderr}")
+    return Run(wall, cpu, peak_kib * 1024)  # ru_maxrss is in KiB on Linux
+
+
+def bench_processes(cfg: Path, source: Path, repeat: int, tmp: Path) -> None:
+    """The default `cfgsurgeon prune` (verification on) as a process against a process doing the numpy
+    read+write, interleaved run by run so both see the same load; best of ``repeat`` each."""
+    size = source.stat().st_size
+    floor_code = (
+        f"import numpy as np; np.fromfile({str(source)!r}, dtype=np.uint8).tofile({str(tmp / 'p')!r})"
+    )
+    commands = {"numpy read+write": [sys.executable, "-c", floor_code]}
+    for name, options in CASES.items():
+        commands[f"prune {name}"] = cli_args(cfg, source, tmp / "default", options, verify=True)
+    runs: dict[str, list[Run]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, args in commands.items():
+            shutil.rmtree(tmp / "default", ignore_errors=True)
+            runs[name].append(child(args))
+    best = {
+        name: (min(r.wall for r in found), min(r.cpu for r in found), max(r.peak_rss for r in found))
+        for name, found in runs.items()
+    }
+    wall0, cpu0, rss0 = best["numpy read+write"]
+    print(f"processes, interleaved, best of {repeat} (peak RSS: the largest seen):")
+    for name, (wall, cpu, rss) in best.items():
+        print(
+            f"  {name}: {wall:.3f} s (ratio {wall / wall0:.2f}x), CPU {cpu:.3f} s (ratio {cpu / cpu0:.2f}x), "
+            f"peak RSS {rss / 2**20:.0f} MiB = {rss / size:.2f}x the weights file"
         )
 
 
@@ -149,6 +217,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_prune."))
     try:
         bench(args.cfg, args.repeat, tmp)
+        bench_processes(args.cfg, tmp / "model.weights", args.repeat, tmp)
     finally:
         shutil.rmtree(tmp)
 

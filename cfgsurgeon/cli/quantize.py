@@ -75,7 +75,8 @@ def quantize(
     Weights are int8 per output channel, activations int8 per tensor with ranges measured on the
     calibration photos. Prints what was written, the float and int8 sizes, and per convolution how far its
     int8 output is from the float one on the calibration photos (SQNR in dB: higher is closer; relative
-    error = |float - int8| / |float|).
+    error = |float - int8| / |float|) and, for OpenVINO, the precision its CPU plugin runs it in (u8/i8:
+    int8 kernels; f32: a fallback).
     """
     report = load_model(cfg, weights).quantize(
         output,

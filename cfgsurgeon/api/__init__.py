@@ -5,6 +5,7 @@ import torch/TF/OpenVINO when they need them."""
 from .editing import Initialized, Preview, Pruned, Retargeted, Written
 from .importing import Imported, import_checkpoint
 from .model import Model, Saved, Summary
+from .quantizing import Quantized
 from .report import Lines, Report
 from .running import Benched, BenchReport, Detections, Evaluation, Exported, bench
 from .training import DemoReport, Sparsified, Synthesized, Trained, demo, synth_dataset
@@ -25,6 +26,7 @@ __all__ = [
     "Plan",
     "Preview",
     "Pruned",
+    "Quantized",
     "Report",
     "Retargeted",
     "Saved",

@@ -13,7 +13,7 @@ import pytest
 from conftest import CFG_DIR, REPO_CFG_DIR, SHARED_MARK, quiet
 
 from cfgsurgeon import layers as L
-from cfgsurgeon import load_cfg, loads_cfg, write_cfg, write_weights
+from cfgsurgeon import load_cfg, loads_cfg, write_weights
 from cfgsurgeon.api import Model
 from cfgsurgeon.emit import numpy_ops
 from cfgsurgeon.emit.heads import head_layers
@@ -23,7 +23,6 @@ from cfgsurgeon.surgery.prune import PruneResult, prune
 from cfgsurgeon.verify import TOLERANCE, VerificationFailed, smallest_input, verify_prune
 
 NANO, RES = REPO_CFG_DIR / "yolo-nano.cfg", REPO_CFG_DIR / "yolo-nano-res.cfg"
-OPENCV_BN_EPS, DARKNET_BN_EPS = 1e-6, 1e-5  # OpenCV's darknet importer (setBatchNorm) vs darknet
 
 
 def model(cfg: Path, dead_fraction: float = 0.0, seed: int = 1) -> Graph:
@@ -40,23 +39,12 @@ def twin(graph: Graph, layer: L.Layer) -> L.Layer:
 
 
 def opencv_head_inputs(graph: Graph, folder: Path, x: np.ndarray) -> list[np.ndarray]:
-    """OpenCV's outputs of the convolutions feeding the heads, from the written cfg and weights (BN
-    variances shifted by the epsilon difference, so OpenCV computes darknet's formula)."""
-    cv2 = pytest.importorskip("cv2")
-    cfg, weights = folder / "model.cfg", folder / "model.weights"
-    write_cfg(graph, cfg)
-    saved = {layer.index: layer.weights for layer in graph.layers}
-    for layer in graph.layers:
-        if layer.weights is not None and "rolling_variance" in layer.weights:
-            variance = layer.weights["rolling_variance"].astype(np.float64)
-            shifted = (variance + DARKNET_BN_EPS - OPENCV_BN_EPS).astype(np.float32)
-            layer.weights = {**layer.weights, "rolling_variance": shifted}
-    write_weights(graph, weights)
-    for layer in graph.layers:
-        layer.weights = saved[layer.index]
-    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
-    net.enableFusion(False)
-    net.enableWinograd(False)
+    """OpenCV's outputs of the convolutions feeding the heads, from the cfg and weights written so that
+    OpenCV computes darknet's formulas."""
+    pytest.importorskip("cv2")
+    from test_torch_vs_opencv import opencv_net, write_for_opencv
+
+    net = opencv_net(*write_for_opencv(graph, folder))
     net.setInput(x[None])
     names = [f"conv_{graph.index_of(head.inputs[0])}" for head in head_layers(graph)]
     return [np.asarray(blob)[0] for blob in net.forward(names)]

@@ -112,7 +112,7 @@ def stage_plan(start: dict, folder: Path, target: float, epochs: int, args) -> d
     write_weights(result.pruned, folder / "pruned" / "yolov3-tiny.weights")
     row["pruned"] = scores(folder / "pruned" / "yolov3-tiny.cfg", folder / "pruned" / "yolov3-tiny.weights")
     log(f"plan {plan['rates']}: pruned valid mAP@0.5 {row['pruned']['valid']['mAP50']:.3f}")
-    finetune = run_training(row["pruned"], folder / "finetune", args, epochs, **teacher(args))
+    finetune = run_training(row["pruned"], folder / "finetune", args, epochs, **after_prune(args))
     row = {**finetune, **row}
     row["recipe_seconds"] = round(time.perf_counter() - wall, 1)
     row["recipe_cpu_seconds"] = round(time.process_time() - cpu, 1)
@@ -133,9 +133,14 @@ def stage_slim(start: dict, folder: Path, bflops: float, epochs: int, args) -> d
     write_weights(result.pruned, folder / "yolov3-tiny.weights")
     pruned = scores(folder / "yolov3-tiny.cfg", folder / "yolov3-tiny.weights")
     # its valid mAP is so low that noise halves it: the guard against divergence would stop it at random
-    row = run_training(pruned, folder / "finetune", args, epochs, max_map_drop=1.0, **teacher(args))
+    row = run_training(pruned, folder / "finetune", args, epochs, max_map_drop=1.0, **after_prune(args))
     row["pruned"] = pruned
     return row
+
+
+def after_prune(args) -> dict:
+    """The options of every fine-tuning after a prune: the teacher, and ``--ema``'s averaged weights."""
+    return {**teacher(args), **({"ema": args.ema} if args.ema else {})}
 
 
 def teacher(args) -> dict:
@@ -232,6 +237,9 @@ def main() -> None:
         "--second-epochs", type=int, default=0, help="fine-tuning at the second target (0: --finetune-epochs)"
     )
     parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument(
+        "--ema", type=float, default=0.0, help="fine-tune after each prune with train's --ema DECAY (0: off)"
+    )
     args = parser.parse_args()
     out = args.out
     base = baseline(out, args)
@@ -239,7 +247,7 @@ def main() -> None:
     if recipe == "plan":  # the folders say what ran; iterate's keep their first names
         recipe = f"plan-{args.criterion}" + (f"-fade{args.fade_epochs}" if args.fade_epochs else "")
         recipe += "" if args.distill == "none" else f"-kd-{args.distill}"
-        recipe += f"-e{args.finetune_epochs}"
+        recipe += f"-e{args.finetune_epochs}" + (f"-ema{args.ema:g}" if args.ema else "")
     slim_tag = "slim" if recipe == "iterate" else f"slim-{recipe}"
 
     def reduce(start: dict, tag: str, share: float, step: float, epochs: int) -> dict:

@@ -154,16 +154,66 @@ def test_bench_backend_tflite(tmp_path: Path) -> None:
     assert result.stdout.startswith("backend tflite") and "yolov4-tiny.cfg (random)" in result.stdout
 
 
-def test_calibration_list_mistakes(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="no such image list"):
-        T.calibration_paths(tmp_path / "missing.txt", 10)
-    listing = tmp_path / "list.txt"
-    listing.write_text("# photos\n\nnot-there.jpg\n")
-    with pytest.raises(UsageError, match="no such image 'not-there.jpg'"):
-        T.calibration_paths(listing, 10)
-    listing.write_text("# nothing\n")
-    with pytest.raises(UsageError, match="names no image"):
-        T.calibration_paths(listing, 10)
+@pytest.fixture(scope="module")
+def nano_weights(nano, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The ``nano`` fixture's cfg with random weights, and its synthetic data set's folder."""
+    cfg, data = nano
+    weights = tmp_path_factory.mktemp("tflite-int8") / "nano.weights"
+    assert (
+        CliRunner().invoke(main, ["init", "--cfg", str(cfg), "-o", str(weights), "--seed", "3"]).exit_code
+        == 0
+    )
+    return cfg, weights, data.parent
+
+
+def export_int8(cfg: Path, weights: Path, calibration: Path, output: Path):
+    args = ["export", "--format", "tflite", "--quantize", "int8", "--cfg", cfg, "--weights", weights,
+            "--calibration", calibration, "--num-calibration-images", 3, "-o", output]  # fmt: skip
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def test_int8_calibration_takes_a_folder_or_a_list(nano_weights, tmp_path: Path) -> None:
+    cfg, weights, data = nano_weights
+    folder = export_int8(cfg, weights, data / "train", tmp_path / "folder.tflite")
+    assert folder.exit_code == 0, folder.output
+    listed = export_int8(cfg, weights, data / "train.txt", tmp_path / "list.tflite")
+    assert listed.exit_code == 0, listed.output
+    assert T.TFLiteModel(tmp_path / "folder.tflite").quantized
+    # train.txt lists the folder's photos in name order: the same three photos give the same ranges
+    assert (tmp_path / "folder.tflite").read_bytes() == (tmp_path / "list.tflite").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.txt", "{d}/missing.txt: no such calibration image list or folder"),
+        (
+            lambda d: (d / "empty.txt").write_text("\n") and d / "empty.txt",
+            "{d}/empty.txt: the calibration list names no image",
+        ),  # fmt: skip
+        (
+            lambda d: (d / "gone.txt").write_text("nothere.jpg\n") and d / "gone.txt",
+            "{d}/gone.txt:1: no such image file 'nothere.jpg'",
+        ),  # fmt: skip
+        (lambda d: (d / "sub").mkdir() or d / "sub", "{d}/sub: the calibration folder holds no image"),
+        (
+            lambda d: (
+                (d / "bad.jpg").write_text("not a photo")
+                and (d / "bad.txt").write_text("bad.jpg\n")
+                and d / "bad.txt"
+            ),
+            "{d}/bad.jpg: cannot read the image",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_calibration_input_is_one_line(nano_weights, tmp_path: Path, make, message: str) -> None:
+    """The same reader and the same messages as ``quantize`` (tests/test_int8.py)."""
+    cfg, weights, _ = nano_weights
+    result = export_int8(cfg, weights, make(tmp_path), tmp_path / "out.tflite")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: " + message.format(d=tmp_path)), result.output
+    assert not (tmp_path / "out.tflite").exists()
 
 
 def test_int8_without_calibration_is_refused() -> None:

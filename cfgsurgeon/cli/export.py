@@ -42,16 +42,16 @@ from .common import CFG, JSON_TABLE, WEIGHTS, load_model, warn
 )
 @click.option(
     "--calibration",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="tflite int8: a list of real images (one path a line, as darknet's train.txt), prepared like "
-    "`detect` prepares a photo, to calibrate the activation ranges.",
+    type=click.Path(path_type=Path),
+    help="tflite int8: real photos to calibrate the activation ranges on, prepared like `detect` prepares "
+    "a photo: an image list (one path a line, as darknet's train.txt) or a folder of images.",
 )
 @click.option(
     "--num-calibration-images",
     default=300,
     show_default=True,
     type=click.IntRange(1),
-    help="tflite int8: use the first N images of --calibration.",
+    help="tflite int8: use the first N images of --calibration (a folder's in name order).",
 )
 @click.option(
     "-o",

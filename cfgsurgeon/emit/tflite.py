@@ -24,42 +24,19 @@ import tf_keras as keras
 
 from ..errors import UsageError
 from ..files import atomic_output
-from ..images import load_image, network_input
 from ..ir import Graph
 from .keras import INPUT_NAME, output_names, to_keras
 from .quantization import QUANTIZE
-
-
-def calibration_paths(list_file: str | Path, count: int) -> list[Path]:
-    """The first ``count`` images of a darknet image list (one path a line; a relative path is taken from
-    the current directory, else from the list's folder, as darknet's lists are used)."""
-    list_file = Path(list_file)
-    if not list_file.is_file():
-        raise UsageError("no such image list", str(list_file))
-    paths = []
-    for line in list_file.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = Path(line)
-        if not path.is_absolute() and not path.exists():
-            path = list_file.parent / path
-        if not path.is_file():
-            raise UsageError(f"no such image '{line}'", str(list_file))
-        paths.append(path)
-        if len(paths) == count:
-            break
-    if not paths:
-        raise UsageError("the calibration list names no image", str(list_file))
-    return paths
 
 
 def calibration_batches(graph: Graph, paths: list[Path]) -> Iterator[np.ndarray]:
     """Each photo as the network sees it in ``detect``, as a 1×C×H×W batch (a progress bar on a terminal)."""
     from tqdm import tqdm
 
+    from ..int8 import network_batch
+
     for path in tqdm(paths, desc="int8 calibration", unit="image", disable=None, leave=False):
-        yield network_input(graph, load_image(path, graph.net.channels))[None]
+        yield network_batch(graph, path)
 
 
 def convert(
@@ -72,7 +49,7 @@ def convert(
     if quantize not in QUANTIZE:
         raise UsageError(f"unknown quantization '{quantize}' (choose from {', '.join(QUANTIZE)})")
     if quantize == "int8" and calibration is None:
-        raise UsageError("`quantize` int8 needs `calibration` IMAGES_LIST (real images to calibrate on)")
+        raise UsageError("`quantize` int8 needs `calibration`: an image list or a folder of real photos")
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
@@ -104,13 +81,16 @@ def write_tflite(
     graph: Graph,
     path: str | Path,
     quantize: str = "none",
-    calibration_list: str | Path | None = None,
+    calibration_source: str | Path | None = None,
     count: int = 300,
 ) -> int:
-    """Write the ``.tflite`` file (atomically); returns its size in bytes."""
+    """Write the ``.tflite`` file (atomically); returns its size in bytes. ``calibration_source``: an image
+    list or a folder of photos (:func:`cfgsurgeon.int8.calibration_images`), its first ``count`` used."""
     calibration = None
-    if calibration_list is not None:
-        paths = calibration_paths(calibration_list, count)
+    if calibration_source is not None:
+        from ..int8 import calibration_images
+
+        paths = calibration_images(calibration_source, count)
         calibration = lambda: calibration_batches(graph, paths)  # noqa: E731 - called once per conversion
     data = tflite_bytes(graph, quantize, calibration)
     with atomic_output(path) as out:

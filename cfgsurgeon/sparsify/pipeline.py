@@ -102,9 +102,10 @@ def prune_graph(graph: Graph, options: Options, note: Note = lambda _: None) -> 
 def _sample(graph: Graph, options: Options) -> tuple[np.ndarray, str]:
     """The input the TFLite error is measured on: the first calibration photo, else seeded noise."""
     if options.calibration is not None:
-        from ..emit.tflite import calibration_batches, calibration_paths
+        from ..emit.tflite import calibration_batches
+        from ..int8 import calibration_images
 
-        path = calibration_paths(options.calibration, 1)[0]
+        path = calibration_images(options.calibration, 1)[0]
         return next(calibration_batches(graph, [path])), str(path)
     rng = np.random.default_rng(0)
     return rng.random((1, *graph.input_shape), dtype=np.float32), "a uniform random image (seed 0)"
@@ -116,11 +117,12 @@ def tflite_section(
     """Write the sparse ``.tflite``; its error vs float Keras, dense/sparse latency; dense/sparse sizes."""
     from ..bench import default_threads, measure
     from ..emit.keras import run_keras, to_keras
-    from ..emit.tflite import TFLiteModel, calibration_batches, calibration_paths, tflite_bytes
+    from ..emit.tflite import TFLiteModel, calibration_batches, tflite_bytes
+    from ..int8 import calibration_images
 
     calibration = None
     if options.calibration is not None:
-        paths = calibration_paths(options.calibration, options.num_calibration_images)
+        paths = calibration_images(options.calibration, options.num_calibration_images)
         note(f"calibrating on {len(paths)} images")
         calibration = lambda: calibration_batches(original, paths)  # noqa: E731 - one call per conversion
     note(f"converting the dense and the sparse model to TFLite ({options.quantize})")

@@ -121,3 +121,21 @@ def test_a_bar_with_its_total_on_a_terminal(monkeypatch):
         progress(done, 4, what)
     progress.close()
     assert "/4 [" in terminal.getvalue() and "sensitivity" in terminal.getvalue()
+
+
+def test_taylor_measures_importance_on_the_images_asked_for(files, tmp_path):
+    cfg, weights, _ = files
+    data = make_synthetic_dataset(tmp_path / "data", classes=1, train=3, valid=2, size=32, seed=1)
+    done = run((cfg, weights, data), tmp_path / "out", "--rates", "0.5", "--proxy", "--criterion", "taylor",
+               "--importance-images", "1")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    graph = load_cfg(cfg, warn=quiet)
+    read_weights(graph, weights)
+
+    def analysis(images: int) -> str:
+        found = sens.sensitivity(graph, data, rates=(0.5,), criterion="taylor", proxy=True, warn=quiet,
+                                 weights=weights, importance_images=images)  # fmt: skip
+        return sens.to_json(found)
+
+    written = (tmp_path / "out" / "sensitivity.json").read_text()
+    assert written == analysis(1) != analysis(3)

@@ -45,12 +45,14 @@ class Workflows:
         rates: Sequence[float] = (0.25, 0.5, 0.75),
         criterion: str = "bn-gamma",
         images: int | None = None,
+        importance_images: int = 64,
         proxy: bool = False,
         progress: bool = False,
     ) -> Sensitivity:
         """Prune each prunable unit alone at each of ``rates`` and score it on ``data``'s valid images without
         fine-tuning (mAP@0.5, mAP@0.5:0.95, P, R, params, BFLOPs and the label-free proxy; with
-        ``proxy=True`` the proxy alone, no labels needed). ``images``: only the first N (default: all).
+        ``proxy=True`` the proxy alone, no labels needed). ``images``: only the first N (default: all);
+        ``criterion="taylor"`` measures importance once, on ``importance_images`` training photos of ``data``.
 
         Writes ``sensitivity.json`` (what :meth:`plan` reads; rewritten after every unit × rate, so the
         same call continues a killed run), ``sensitivity.md`` and ``sensitivity.png`` into ``output``;
@@ -80,6 +82,7 @@ class Workflows:
                 shown,
                 warnings.append,
                 weights=self.weights,
+                importance_images=importance_images,
             )
         finally:
             if shown is not None:

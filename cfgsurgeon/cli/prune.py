@@ -37,6 +37,13 @@ ROUND_TO = click.option(
     help="Width policy for every method: kept widths are multiples of N, or powers of two (pow2); a layer "
     "may always stay whole. Default: 8 for --method regular, none otherwise (a plan: the plan's).",
 )
+IMPORTANCE_IMAGES = click.option(
+    "--importance-images",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1),
+    help="--criterion taylor: how many training images (the first of the list) measure importance.",
+)
 NORMALIZE = click.option(
     "--normalize",
     default="auto",
@@ -106,13 +113,7 @@ NORMALIZE = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="--criterion taylor: the darknet .data file whose training images measure importance.",
 )
-@click.option(
-    "--importance-images",
-    default=64,
-    show_default=True,
-    type=click.IntRange(1),
-    help="--criterion taylor: how many training images (the first of the list) measure importance.",
-)
+@IMPORTANCE_IMAGES
 @NORMALIZE
 @click.option("--seed", default=0, show_default=True, help="Seed for --criterion random.")
 @click.option("--force", is_flag=True, help="Allow a ratio/threshold above the safe upper bound.")

@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..surgery.criteria import CRITERIA
 from . import main
 from .common import CFG, FLAGS, WEIGHTS_REQUIRED, load_model, warn
+from .prune import IMPORTANCE_IMAGES
 
 # This command's parameters, as the library's messages name them (`rates`, ...), shown as its flags.
 FLAGS.update({"rates": "--rates", "criterion": "--criterion", "images": "--images", "proxy": "--proxy"})
@@ -45,6 +46,7 @@ def _rates(text: str) -> list[float]:
     help=f"Which channels of a unit go first: {', '.join(CRITERIA)}.",
 )
 @click.option("--images", type=click.IntRange(1), help="Only the first N valid images (default: all).")
+@IMPORTANCE_IMAGES
 @click.option(
     "--proxy",
     is_flag=True,
@@ -66,6 +68,7 @@ def sensitivity(
     rates: str,
     criterion: str,
     images: int | None,
+    importance_images: int,
     proxy: bool,
     outdir: Path,
 ) -> None:
@@ -80,7 +83,14 @@ def sensitivity(
     """
     model = load_model(cfg, weights)
     report = model.sensitivity(
-        data, outdir, rates=_rates(rates), criterion=criterion, images=images, proxy=proxy, progress=True
+        data,
+        outdir,
+        rates=_rates(rates),
+        criterion=criterion,
+        images=images,
+        importance_images=importance_images,
+        proxy=proxy,
+        progress=True,
     )
     for message in report.warnings:
         warn(message)

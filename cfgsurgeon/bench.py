@@ -283,6 +283,7 @@ def bench(
             {
                 "cfg": str(spec.cfg),
                 "weights": str(spec.weights) if spec.weights is not None else None,
+                "model": str(spec.model) if spec.model is not None else None,
                 "random_weights": spec.random_weights,
                 "input": list(graph.input_shape),
                 "bflops": graph.bflops,
@@ -350,7 +351,9 @@ def table_lines(report: dict[str, Any]) -> list[str]:
         f"{'img/s':>9}{'×latency':>10}{'×BFLOPs':>9}{'×params':>9}",
     ]
     for model in report["models"]:
-        name = Path(model["cfg"]).name + (" (random)" if model["random_weights"] else "")
+        name = Path(model.get("model") or model["cfg"]).name + (
+            " (random)" if model["random_weights"] else ""
+        )
         c, h, w = model["input"]
         ratios = model["ratios"]
         lines.append(

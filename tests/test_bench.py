@@ -22,6 +22,7 @@ FAST = ["--runs", "3", "--warmup", "1", "--size", "128"]
 MODEL_KEYS = {
     "cfg",
     "weights",
+    "model",
     "random_weights",
     "input",
     "bflops",

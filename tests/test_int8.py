@@ -175,6 +175,27 @@ def test_the_int8_model_file_is_all_detect_needs_besides_the_cfg(
     )
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_bench_measures_the_int8_file_with_the_cfg_alone(quantized: Quantized, backend: str):
+    model = quantized.xml if backend == "openvino" else quantized.onnx
+    args = ("bench", "--cfg", quantized.cfg, "--backend", backend, "--runs", 2, "--warmup", 0)
+    result = run(*args, "--model", model, "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["models"]
+    assert row["model"] == str(model) and row["weights"] is None and not row["random_weights"]
+    assert row["input"] == [3, 64, 64]  # the cfg's size, which the file was written at
+    assert run(*args, "--model", model).stdout.splitlines()[2].startswith(model.name)
+    wrong_size = run(*args, "--model", model, "--size", 96)
+    assert wrong_size.exit_code == 1 and wrong_size.output.strip().splitlines()[-1].startswith(
+        f"Error: {model} takes input 1x3x64x64, but the cfg's network input is Nx3x96x96"
+    )
+    two = run(*args, "--cfg", quantized.cfg, "--model", model)
+    assert two.output.strip().splitlines()[-1] == (
+        "Error: 1 --model for 2 --cfg: give one per --cfg in order ('-' for a cfg exported in memory), "
+        "or none"
+    )
+
+
 def test_same_inputs_give_byte_identical_files(quantized: Quantized, tmp_path: Path):
     common = ("--cfg", quantized.cfg, "--weights", quantized.weights, "--subset", 6)
     calibration = quantized.data.parent / "train.txt"

@@ -110,13 +110,26 @@ def export(
     "without). Without weights a model gets seeded well-conditioned random weights (as `init` writes).",
 )
 @click.option(
+    "--model",
+    "model_files",
+    multiple=True,
+    help="An exported model file for each --cfg in the same order (give none, or one per --cfg; '-' for a "
+    "cfg exported in memory): .onnx for onnxruntime, .xml for openvino, .tflite for tflite, an int8 one "
+    "too. It holds its weights, so its --cfg needs no --weights.",
+)
+@click.option(
     "--backend",
     default="torch",
     show_default=True,
     type=click.Choice(BENCH_BACKENDS),
     help="Runtime to measure (the runner `detect` uses; onnxruntime/openvino export in memory, f32).",
 )
-@click.option("--size", default=416, show_default=True, type=click.IntRange(1), help="Square input size.")
+@click.option(
+    "--size",
+    type=click.IntRange(1),
+    help="Square input size [default: 416; with --model, each cfg's own size, the size its file was "
+    "exported at].",
+)
 @click.option("--runs", default=50, show_default=True, type=click.IntRange(1), help="Timed forward passes.")
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(0), help="Untimed passes first.")
 @click.option(
@@ -135,8 +148,9 @@ def export(
 def bench(
     cfgs: tuple[Path, ...],
     weights: tuple[str, ...],
+    model_files: tuple[str, ...],
     backend: str,
-    size: int,
+    size: int | None,
     runs: int,
     warmup: int,
     threads: int | None,
@@ -153,16 +167,12 @@ def bench(
     from ..api.running import bench as run_bench
     from ..bench import ModelSpec
 
-    if weights and len(weights) != len(cfgs):
-        raise UsageError(
-            f"{len(weights)} --weights for {len(cfgs)} --cfg: give one per --cfg in order ('random' for a "
-            "cfg without weights), or none"
-        )
-    paths = [None if w in ("", "random") else Path(w) for w in weights] or [None] * len(cfgs)
+    paths = _one_per_cfg(weights, cfgs, "--weights", "random", "a cfg without weights")
+    files = _one_per_cfg(model_files, cfgs, "--model", "-", "a cfg exported in memory")
     report = run_bench(
-        [ModelSpec(cfg, path) for cfg, path in zip(cfgs, paths, strict=True)],
+        [ModelSpec(cfg, path, file) for cfg, path, file in zip(cfgs, paths, files, strict=True)],
         backend=backend,
-        size=size,
+        size=size or (None if model_files else 416),
         runs=runs,
         warmup=warmup,
         threads=threads,
@@ -175,3 +185,13 @@ def bench(
     for message in report.warnings:
         warn(message)
     click.echo(report.json() if as_json else str(report))
+
+
+def _one_per_cfg(values: tuple[str, ...], cfgs: tuple[Path, ...], flag: str, none: str, what: str):
+    """``values`` as paths, one per --cfg in order (``none`` or empty: None), or all None when not given."""
+    if values and len(values) != len(cfgs):
+        raise UsageError(
+            f"{len(values)} {flag} for {len(cfgs)} --cfg: give one per --cfg in order ('{none}' for {what}), "
+            "or none"
+        )
+    return [None if value in ("", none) else Path(value) for value in values] or [None] * len(cfgs)

@@ -842,6 +842,44 @@ class Normalization(Layer):
     size = Opt(5)
 
 
+class AnchorFree(Layer):
+    """``[anchor_free]``: YOLOv8's anchor-free detection head (ultralytics' ``Detect`` with DFL) after its
+    convolutions. Each input (``layers=``, one per level, finest first) holds per cell ``4 × reg_max`` box
+    logits (left, top, right, bottom: ``reg_max`` bins each) then ``classes`` class logits; ``strides``:
+    the levels' strides in input pixels. The output is the decoded ``(4 + classes, cells, 1)``: per cell
+    (level by level, row-major) the box centre x, y, width and height in input pixels, then the class
+    probabilities."""
+
+    kind = "anchor_free"
+    names = ("anchor_free",)
+    weight_layout = Layer.no_tensors
+    refs = ("layers",)
+    required_refs = ("layers",)
+    uses_previous = False
+    classes = Opt(80)
+    reg_max = Opt(16)
+    strides = Opt(lambda layer: [8, 16, 32], list[int])
+
+    @property
+    def box_channels(self) -> int:
+        return 4 * self.reg_max
+
+    def infer(self) -> Shape:
+        strides, expected = self.strides, self.box_channels + self.classes
+        if self.reg_max < 1 or self.classes < 1 or min(strides, default=0) < 1:
+            raise self.shape_error("needs reg_max >= 1, classes >= 1 and positive strides")
+        if len(strides) != len(self.inputs):
+            raise self.shape_error(f"has {len(self.inputs)} inputs (layers=) but {len(strides)} strides")
+        for node in self.inputs:
+            if node.out_shape[0] != expected:
+                raise self.shape_error(
+                    f"needs {expected} input channels (4 × reg_max {self.reg_max} + classes {self.classes}) "
+                    f"but {_name(node)} gives {node.out_shape[0]}"
+                )
+        cells = sum(node.out_shape[1] * node.out_shape[2] for node in self.inputs)
+        return (4 + self.classes, cells, 1)
+
+
 LAYER_TYPES: dict[str, type[Layer]] = {
     name: cls
     for cls in (
@@ -872,6 +910,7 @@ LAYER_TYPES: dict[str, type[Layer]] = {
         Empty,
         Implicit,
         Normalization,
+        AnchorFree,
     )
     for name in cls.names
 }

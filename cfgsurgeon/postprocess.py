@@ -5,7 +5,9 @@ logistic and ``scale_x_y`` applied; [region] is flattened channels-last with sof
 turns it into rows ``(x, y, w, h, objectness, p_class…)`` with the box centre and size relative to the network
 input (0…1) and ``p_class = objectness · class score``, rows ordered by (row, column, anchor).
 [Gaussian_yolo] also scales ``p_class`` by ``1 − mean(σx, σy, σw, σh)`` and shifts the box for ``yolo_point``,
-as darknet does.
+as darknet does. ``[anchor_free]`` (YOLOv8) has no objectness: its output is already decoded (centre, size in
+input pixels, class probabilities per cell), so ``p_class`` is the class probability itself and the objectness
+column holds the best of them (a cell passes darknet's objectness filter when one of its classes would).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def decode(layer: L.Layer, output: np.ndarray, net_hw: tuple[int, int]) -> np.nd
         return _decode_yolo(layer, output, net_hw, entries=(0, 1, 2, 3, 4))
     if isinstance(layer, L.Region):
         return _decode_region(layer, output)
+    if isinstance(layer, L.AnchorFree):
+        return _decode_anchor_free(layer, output, net_hw)
     raise TypeError(f"layer {layer.index} [{layer.header}] is not a detection head")
 
 
@@ -94,6 +98,15 @@ def _decode_region(layer: L.Region, output: np.ndarray) -> np.ndarray:
     probs = objectness[..., None] * out[..., coords + 1 :]
     rows_out = np.concatenate([np.stack([bx, by, bw, bh, objectness], axis=-1), probs], axis=-1)
     return rows_out.reshape(h * w * n, 5 + layer.classes)
+
+
+def _decode_anchor_free(layer: L.AnchorFree, output: np.ndarray, net_hw: tuple[int, int]) -> np.ndarray:
+    """Rows ``(x, y, w, h, best class probability, p_class…)`` from the head's ``(4 + classes, cells, 1)``."""
+    out = np.asarray(output, dtype=np.float64).reshape(4 + layer.classes, -1).T
+    net_h, net_w = net_hw
+    boxes = out[:, :4] / np.array([net_w, net_h, net_w, net_h], dtype=np.float64)
+    probs = out[:, 4:]
+    return np.concatenate([boxes, probs.max(axis=1, keepdims=True), probs], axis=1)
 
 
 def _logistic(x: np.ndarray) -> np.ndarray:

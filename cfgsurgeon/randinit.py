@@ -42,6 +42,7 @@ from .activations import ELEMENTWISE
 from .ir import Graph
 from .layers import (
     Activation,
+    AnchorFree,
     AvgPool,
     BatchNorm,
     Connected,
@@ -665,6 +666,7 @@ RULES = registry.define(
         Activation: _activation,
         # heads, identities at inference, and layers whose output scale does not matter downstream
         Yolo: _identity,
+        AnchorFree: _identity,
         GaussianYolo: _identity,
         Region: _identity,
         Detection: _identity,

@@ -274,6 +274,11 @@ FAMILIES: dict[str, Family] = {
                 conv(filters=26, size=1, pad=0, activation="linear"),
                 section("region", classes=8, num=2, coords=4, anchors="1,1,2,2", tree="t.tree"),
             ),
+            "anchor_free two levels": (
+                conv(filters=10, size=1, pad=0, activation="linear"),
+                conv(filters=10, stride=2, activation="linear"),
+                section("anchor_free", layers="-2,-1", classes=2, reg_max=2, strides="2,4"),
+            ),
             "detection softmax": (
                 section("connected", output=40, activation="linear"),
                 section("detection", classes=2, side=2, num=1, coords=4, softmax=1),
@@ -325,6 +330,7 @@ CORE = (
     "yolo scale_x_y",
     "Gaussian_yolo",
     "region tree",
+    "anchor_free two levels",
     "detection softmax",
 )
 DEFAULT = {"core": CORE, "activations": tuple(FAMILIES["activations"].cases)}

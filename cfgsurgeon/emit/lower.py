@@ -307,6 +307,27 @@ class Implicit:
 
 
 @dataclass(frozen=True)
+class DistributionHeadAct:
+    """One level of an anchor-free head (``[anchor_free]``): the input read as 4 sides × ``reg_max`` bins,
+    then ``classes`` scores; each side becomes its expected distance ``Σ k·softmax(bins)_k`` (grid cells),
+    the scores go through the logistic. Output ``(4 + classes, H, W)``."""
+
+    reg_max: int
+    classes: int
+
+
+@dataclass(frozen=True)
+class AnchorFreeBoxes:
+    """The levels of :class:`DistributionHeadAct` joined: at each cell centre ``c = (column + 0.5, row +
+    0.5)`` the distances (l, t, r, b) become ``((c − lt) + (c + rb))/2 · stride`` (centre) and ``((c + rb) −
+    (c − lt)) · stride`` (size), level ``k`` at ``strides[k]``; the cells of every level, row-major, in one
+    ``(4 + classes, cells, 1)`` output."""
+
+    joins: ClassVar[bool] = True
+    strides: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Flatten:
     """(batch, C, H, W) → (batch, C·H·W)."""
 
@@ -534,6 +555,12 @@ def _yolo(layer: L.Yolo, tree: TreePath) -> Lowered:
     kind, scaled = (GaussianHeadAct, (0, 2)) if gaussian else (HeadAct, (0, 1))
     entries = layer.classes + layer.box_entries
     return Lowered((kind(len(layer.mask), entries, yolo_logistic(layer), scaled, layer.scale_x_y),))
+
+
+@lowering(L.AnchorFree)
+def _anchor_free(layer: L.AnchorFree, tree: TreePath) -> Lowered:
+    head = DistributionHeadAct(layer.reg_max, layer.classes)
+    return Lowered((head, AnchorFreeBoxes(tuple(layer.strides))))
 
 
 @lowering(L.Region)

@@ -126,6 +126,28 @@ def yolo_head(x: Array, op: lo.HeadAct) -> Array:
     return y.reshape(x.shape)
 
 
+def distribution_head(x: Array, op: lo.DistributionHeadAct) -> Array:
+    """``[anchor_free]``, one level (see :class:`.lower.DistributionHeadAct`)."""
+    _, h, w = x.shape
+    logits = x[: 4 * op.reg_max].reshape(4, op.reg_max, h, w)
+    bins = np.exp(logits - logits.max(axis=1, keepdims=True))
+    bins /= bins.sum(axis=1, keepdims=True)
+    sides = np.einsum("skhw,k->shw", bins, np.arange(op.reg_max, dtype=np.float32))
+    return np.concatenate([sides, ELEMENTWISE["logistic"](x[4 * op.reg_max :])]).astype(np.float32)
+
+
+def anchor_free_boxes(xs: list[Array], op: lo.AnchorFreeBoxes) -> Array:
+    """``[anchor_free]``, levels joined (see :class:`.lower.AnchorFreeBoxes`)."""
+    levels = []
+    for x, stride in zip(xs, op.strides, strict=True):
+        c, h, w = x.shape
+        cy, cx = np.mgrid[0:h, 0:w].astype(np.float32) + np.float32(0.5)
+        x1, y1, x2, y2 = cx - x[0], cy - x[1], cx + x[2], cy + x[3]
+        box = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]) * np.float32(stride)
+        levels.append(np.concatenate([box, x[4:]]).reshape(c, h * w))
+    return np.concatenate(levels, axis=1)[..., None]
+
+
 FUNCTIONS: dict[type, Callable[..., Array]] = {
     lo.MaxPool: maxpool,
     lo.Upsample: upsample,
@@ -135,6 +157,8 @@ FUNCTIONS: dict[type, Callable[..., Array]] = {
     lo.Scale: scale_channels,
     lo.GlobalAvgPool: global_avgpool,
     lo.HeadAct: yolo_head,
+    lo.DistributionHeadAct: distribution_head,
+    lo.AnchorFreeBoxes: anchor_free_boxes,
 }
 
 

@@ -340,6 +340,29 @@ def region_darknet(x, anchors, coords, classes, softmax, tree):
     return tf.reshape(out, [-1, 1, 1, h * w * anchors * entries])
 
 
+def distribution_head(x, reg_max, classes):
+    """[anchor_free], one level (NHWC): each side's expected distance over its reg_max softmaxed bins (in
+    grid cells), then the class scores through the logistic; output (batch, h, w, 4 + classes)."""
+    _, h, w, _ = x.shape
+    bins = tf.nn.softmax(tf.reshape(x[..., : 4 * reg_max], [-1, h, w, 4, reg_max]), axis=-1)
+    sides = tf.reduce_sum(bins * np.arange(reg_max, dtype=np.float32), axis=-1)
+    return tf.concat([sides, tf.sigmoid(x[..., 4 * reg_max :])], axis=-1)
+
+
+def anchor_free_boxes(xs, strides):
+    """[anchor_free], levels joined: distances (l, t, r, b) around each cell centre (column + 0.5, row + 0.5)
+    become the box centre and size in input pixels; output (batch, cells, 1, 4 + classes)."""
+    levels = []
+    for x, stride in zip(xs, strides, strict=True):
+        _, h, w, c = x.shape
+        cx = np.broadcast_to(np.arange(w, dtype=np.float32) + 0.5, (h, w))
+        cy = np.broadcast_to((np.arange(h, dtype=np.float32) + 0.5)[:, None], (h, w))
+        x1, y1, x2, y2 = cx - x[..., 0], cy - x[..., 1], cx + x[..., 2], cy + x[..., 3]
+        box = tf.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=-1) * float(stride)
+        levels.append(tf.reshape(tf.concat([box, x[..., 4:]], axis=-1), [-1, h * w, c]))
+    return tf.concat(levels, axis=1)[:, :, None, :]
+
+
 def flat_nchw(x):
     """(batch, H, W, C) -> (batch, C*H*W) in darknet's (C, H, W) order."""
     _, h, w, c = x.shape
@@ -457,6 +480,8 @@ FUNCTIONS: dict[type, Callable] = {
     lo.HeadAct: yolo_darknet,
     lo.GaussianHeadAct: gaussian_yolo_darknet,
     lo.RegionAct: region_darknet,
+    lo.DistributionHeadAct: distribution_head,
+    lo.AnchorFreeBoxes: anchor_free_boxes,
     lo.Softmax: softmax_darknet,
     lo.TreeSoftmax: softmax_tree_darknet,
     lo.DetectionSoftmax: detection_softmax,

@@ -355,6 +355,29 @@ def region_darknet(
     return out.reshape(b, -1, 1, 1)
 
 
+def distribution_head(x: Tensor, reg_max: int, classes: int) -> Tensor:
+    """[anchor_free], one level: each side's expected distance over its reg_max softmaxed bins (in grid
+    cells), then the class scores through the logistic; output (batch, 4 + classes, h, w)."""
+    b, _, h, w = x.shape
+    bins = torch.softmax(x[:, : 4 * reg_max].reshape(b, 4, reg_max, h, w), dim=2)
+    steps = torch.arange(reg_max, dtype=x.dtype, device=x.device).view(1, 1, reg_max, 1, 1)
+    return torch.cat([(bins * steps).sum(dim=2), torch.sigmoid(x[:, 4 * reg_max :])], dim=1)
+
+
+def anchor_free_boxes(xs: list[Tensor], strides: tuple[int, ...]) -> Tensor:
+    """[anchor_free], levels joined: distances (l, t, r, b) around each cell centre (column + 0.5, row + 0.5)
+    become the box centre and size in input pixels; output (batch, 4 + classes, cells, 1)."""
+    levels = []
+    for x, stride in zip(xs, strides, strict=True):
+        b, c, h, w = x.shape
+        cx = (torch.arange(w, dtype=x.dtype, device=x.device) + 0.5).view(1, 1, w).expand(1, h, w)
+        cy = (torch.arange(h, dtype=x.dtype, device=x.device) + 0.5).view(1, h, 1).expand(1, h, w)
+        x1, y1, x2, y2 = cx - x[:, 0], cy - x[:, 1], cx + x[:, 2], cy + x[:, 3]
+        box = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=1) * stride
+        levels.append(torch.cat([box, x[:, 4:]], dim=1).reshape(b, c, h * w))
+    return torch.cat(levels, dim=2)[..., None]
+
+
 def softmax_darknet(x: Tensor, groups: int, temperature: float) -> Tensor:
     """[softmax]: softmax over `groups` contiguous chunks of the flat input, divided by the temperature."""
     flat = x.reshape(x.shape[0], groups, -1)
@@ -457,6 +480,8 @@ FUNCTIONS: dict[type, Callable[..., Tensor]] = {
     lo.HeadAct: yolo_darknet,
     lo.GaussianHeadAct: gaussian_yolo_darknet,
     lo.RegionAct: region_darknet,
+    lo.DistributionHeadAct: distribution_head,
+    lo.AnchorFreeBoxes: anchor_free_boxes,
     lo.Softmax: softmax_darknet,
     lo.TreeSoftmax: softmax_tree_darknet,
     lo.DetectionSoftmax: detection_softmax,

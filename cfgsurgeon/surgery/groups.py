@@ -365,6 +365,7 @@ RULES = registry.define(
         L.Connected: _mixing,
         L.Reorg: _mixing,
         L.Yolo: _mixing,
+        L.AnchorFree: _mixing,
         L.GaussianYolo: _mixing,
         L.Region: _mixing,
         L.Detection: _mixing,

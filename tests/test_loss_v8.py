@@ -141,3 +141,77 @@ def _pull_towards(raw, targets, stride: int) -> None:
                 for side, distance in enumerate((x - left, y - top, right - x, bottom - y)):
                     bin_ = min(REG_MAX - 1, max(0, round(distance)))
                     raw[int(image), side * REG_MAX + bin_, row, col] += 6.0
+
+
+# -- training a model whose head is [anchor_free] ------------------------------------------------------------
+def _level_head(features: int, classes: int) -> str:
+    """ultralytics' Detect branches for one level (7 layers), as the importer writes them: box and class
+    convolutions, then a route of both (box first)."""
+    branch = "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\npad=1\nactivation=swish\n\n"
+    last = "[convolutional]\nfilters={}\nsize=1\nactivation=linear\n\n"
+    route = f"[route]\nlayers={features}\n\n"
+    box = route + branch + last.format(4 * REG_MAX)
+    cls = route + branch + last.format(classes)
+    return box + cls + "[route]\nlayers=-4,-1\n\n"
+
+
+def _tiny_v8_cfg(classes: int = 3) -> str:
+    """64×64 input, a backbone of strided convolutions to strides 8, 16 and 32, a v8 head on each."""
+    conv = "[convolutional]\nbatch_normalize=1\nfilters={}\nsize=3\nstride=2\npad=1\nactivation=swish\n\n"
+    text = "[net]\nwidth=64\nheight=64\nchannels=3\n\n" + "".join(conv.format(f) for f in (8, 16, 16, 32, 32))
+    levels = []
+    for features in (2, 3, 4):  # the backbone's layers at strides 8, 16, 32
+        text += _level_head(features, classes)
+        levels.append(5 + 7 * len(levels) + 6)
+    layers = ",".join(map(str, levels))
+    return text + f"[anchor_free]\nlayers={layers}\nclasses={classes}\nreg_max={REG_MAX}\nstrides=8,16,32\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_v8(tmp_path_factory):
+    from cfgsurgeon.train.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny_v8")
+    cfg = root / "tiny-v8.cfg"
+    cfg.write_text(_tiny_v8_cfg())
+    return cfg, make_synthetic_dataset(root / "data", train=4, valid=2, size=64, seed=0)
+
+
+def _train_tiny(tiny_v8, out, **overrides):
+    from cfgsurgeon.train.trainer import TrainConfig, train
+
+    cfg, data = tiny_v8
+    settings = dict(
+        cfg=cfg, data=data, output=out, epochs=2, batch=4, warmup=0, lr=0.05, lr_policy="constant"
+    )
+    settings.update(progress=False, gamma_plots=False, **overrides)
+    lines: list[str] = []
+    return train(TrainConfig(**settings), log=lines.append), lines
+
+
+def test_a_v8_head_trains_with_the_v8_loss(tiny_v8, tmp_path):
+    """The trainer picks the v8 loss for an [anchor_free] head: 2 steps (the whole set each) lower it, and the
+    epoch lines name its terms."""
+    result, lines = _train_tiny(tiny_v8, tmp_path / "plain")
+    first, second = result.step_losses
+    assert 0 < second < first, result.step_losses
+    record = result.epochs[-1]
+    assert record.obj == 0 and record.dfl > 0 and record.box > 0 and record.cls > 0
+    assert any(
+        " (box " in line and " cls " in line and " dfl " in line and " obj " not in line for line in lines
+    )
+
+
+def test_sparse_training_runs_on_a_v8_head(tiny_v8, tmp_path):
+    result, _ = _train_tiny(tiny_v8, tmp_path / "sparse", sparsity=0.01)
+    assert len(result.step_losses) == 2 and all(0 < loss < 1e4 for loss in result.step_losses)
+    assert result.epochs[-1].safe_ratio is not None
+    assert (tmp_path / "sparse" / "tiny-v8.weights").is_file()
+
+
+def test_distillation_of_a_v8_head_is_refused_in_one_line(tiny_v8, tmp_path):
+    from cfgsurgeon.errors import UsageError
+
+    cfg, _ = tiny_v8
+    with pytest.raises(UsageError, match=r"distillation \(`teacher_weights`\) supports models with \[yolo\]"):
+        _train_tiny(tiny_v8, tmp_path / "kd", teacher_cfg=cfg, teacher_weights=tmp_path / "teacher.weights")

@@ -237,16 +237,19 @@ def squared_loss(values: Tensor, target: Tensor) -> Tensor:
 
 @dataclass
 class LossTerms:
-    """The loss of a batch (a per-image mean) and its parts; ``positives`` counts responsible slots' boxes."""
+    """The loss of a batch (a per-image mean) and its parts; ``positives`` counts responsible slots' boxes
+    (anchor points for ``[anchor_free]``, whose loss has no objectness but a ``dfl`` term)."""
 
     total: Tensor
     box: Tensor
     obj: Tensor
     cls: Tensor
     positives: int
+    dfl: Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
-        return {name: float(getattr(self, name).detach()) for name in ("total", "box", "obj", "cls")}
+        names = ("total", "box", "obj", "cls") + (("dfl",) if self.dfl is not None else ())
+        return {name: float(getattr(self, name).detach()) for name in names}
 
 
 @dataclass
@@ -271,6 +274,8 @@ class YoloLoss:
     order of :attr:`sources` (``DarknetModel(x, keep=loss.sources)``); ``targets`` is ``M×6``
     ``[image_index, class, cx, cy, w, h]`` normalised to the network input (the datasets' ``collate``)."""
 
+    terms = ("box", "obj", "cls")
+
     def __init__(self, graph: Graph):
         self.heads = yolo_heads(graph)
         self.net_wh = (graph.net.width, graph.net.height)
@@ -278,6 +283,10 @@ class YoloLoss:
     @property
     def sources(self) -> list[int]:
         return [head.source for head in self.heads]
+
+    @property
+    def classes(self) -> int:
+        return self.heads[0].classes
 
     def __call__(self, outputs: Sequence[Tensor], targets: Tensor) -> LossTerms:
         if len(outputs) != len(self.heads):

@@ -44,7 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loss import _valid_truths, box_iou_kind
+from .. import layers as L
+from ..errors import UsageError
+from ..ir import Graph
+from .loss import LossTerms, _valid_truths, box_iou_kind
 
 TOPK = 10  # positives per truth
 ALPHA = 0.5  # weight of the class probability in the alignment
@@ -113,6 +116,11 @@ class V8DetectionLoss:
         return 4 * self.reg_max + self.classes
 
     def __call__(self, maps: Sequence[Tensor], targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        terms, _ = self.breakdown(maps, targets)
+        return terms["box"] + terms["cls"] + terms["dfl"], terms
+
+    def breakdown(self, maps: Sequence[Tensor], targets: Tensor) -> tuple[dict[str, Tensor], int]:
+        """The three terms and the number of positives."""
         distribution, logits = self._flatten(maps)
         anchors = self._anchors(maps)
         images = distribution.shape[0]
@@ -137,7 +145,7 @@ class V8DetectionLoss:
             "cls": cls * self.gains.cls * images,
             "dfl": dfl * self.gains.dfl * images,
         }
-        return terms["box"] + terms["cls"] + terms["dfl"], terms
+        return terms, int(assignment.positive.sum())
 
     # -- the predictions ------------------------------------------------------------------------------------
     def _flatten(self, maps: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -213,6 +221,38 @@ class V8DetectionLoss:
         logits = distribution[positive].view(-1, 4, self.reg_max)
         dfl = (distribution_focal_loss(logits, sides).mean(-1) * weight).sum() / normaliser
         return box, dfl
+
+
+class AnchorFreeLoss:
+    """The trainer's loss of a model whose head is an ``[anchor_free]`` layer: ``loss(outputs, targets)``,
+    ``outputs`` the head's inputs (``DarknetModel(x, keep=loss.sources)``), ``targets`` as the datasets'
+    ``collate`` gives them. Its terms are ultralytics' logged ``box``, ``cls`` and ``dfl`` — the batch's
+    loss before the batch-size factor — so the trainer's averaging over subdivisions and ranks keeps their
+    meaning. (ultralytics' SGD ``lr0`` 0.01 on 64 images a step moves the weights as a learning rate of about
+    0.64 on this loss.)"""
+
+    terms = TERMS
+
+    def __init__(self, graph: Graph):
+        heads = [layer for layer in graph.layers if isinstance(layer, L.AnchorFree)]
+        if len(heads) != 1:
+            raise UsageError(
+                f"training needs one [anchor_free] layer, the model has {len(heads)}", graph.source
+            )
+        head = heads[0]
+        if head.reg_max < 2:
+            raise UsageError(
+                f"layer {head.index} [anchor_free] reg_max={head.reg_max}: training needs reg_max ≥ 2 (DFL)",
+                head.where("reg_max"),
+            )
+        self.classes = head.classes
+        self.sources = [graph.index_of(node) for node in head.inputs]
+        self.loss = V8DetectionLoss(head.classes, head.strides, head.reg_max)
+
+    def __call__(self, outputs: Sequence[Tensor], targets: Tensor) -> LossTerms:
+        terms, positives = self.loss.breakdown(outputs, targets)
+        box, cls, dfl = (terms[name] / outputs[0].shape[0] for name in TERMS)
+        return LossTerms(box + cls + dfl, box, box.new_zeros(()), cls, positives, dfl=dfl)
 
 
 def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:

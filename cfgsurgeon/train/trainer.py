@@ -55,12 +55,13 @@ from ..emit.torch import DarknetModel, store_darknet_weights
 from ..errors import UsageError
 from ..files import atomic_output
 from ..ir import Graph, load_cfg
-from ..layers import Layer
+from ..layers import AnchorFree, Layer, Yolo
 from ..weights import WeightsHeader, read_weights, read_weights_inferred, take_matching, write_weights
 from . import options as opt
 from .average import WeightAverage
 from .distill import Distiller
 from .loss import YoloLoss, yolo_heads
+from .loss_v8 import AnchorFreeLoss
 from .monitor import DivergenceGuard, EarlyStop, ProgressLines, TrainingStopped, format_duration, plot_history
 from .options import LR_POLICIES, OPTIMIZERS
 from .sparsity import (
@@ -149,6 +150,7 @@ class EpochRecord:
     R: float | None = None
     map50: float | None = None
     map50_95: float | None = None
+    dfl: float = 0.0  # distribution focal loss of [anchor_free] heads (which have no obj term; [yolo]: 0)
 
 
 @dataclass
@@ -281,6 +283,25 @@ def make_optimizer(model: nn.Module, graph: Graph, config: TrainConfig) -> torch
         return torch.optim.Adam(groups, lr=1.0, betas=betas, eps=opt.number(net, "eps", 0.000001))
     momentum = config.momentum if config.momentum is not None else opt.number(net, "momentum", 0.9)
     return torch.optim.SGD(groups, lr=1.0, momentum=momentum)
+
+
+# -- losses ------------------------------------------------------------------------------------------------
+
+# The training loss of each detection head type: the model's heads decide.
+LOSSES: dict[type[Layer], Callable[[Graph], YoloLoss | AnchorFreeLoss]] = {
+    Yolo: YoloLoss,
+    AnchorFree: AnchorFreeLoss,
+}
+
+
+def loss_for(graph: Graph) -> YoloLoss | AnchorFreeLoss:
+    """The loss of the graph's heads (:data:`LOSSES`); without any of those, the [yolo] loss, which says
+    what it refuses."""
+    kinds = sorted({type(layer) for layer in graph.layers if type(layer) in LOSSES}, key=str)
+    if len(kinds) > 1:
+        found = " and ".join(f"[{kind.kind}]" for kind in kinds)
+        raise UsageError(f"the model has {found} heads: training supports one kind of head", graph.source)
+    return LOSSES[kinds[0] if kinds else Yolo](graph)
 
 
 # -- distributed -------------------------------------------------------------------------------------------
@@ -547,7 +568,7 @@ class _Run:
                 module.momentum = config.bn_momentum
         if ranks.world > 1 and config.sync_bn:
             _synchronise_batchnorm(self.model, device)  # in place: the same parameters and module tree
-        self.loss = YoloLoss(self.graph)
+        self.loss = loss_for(self.graph)
         self.penalty = SparsityPenalty(
             self.model,
             self.graph,
@@ -582,6 +603,8 @@ class _Run:
             raise UsageError(
                 "--teacher-cfg needs --teacher-weights (a teacher with random weights teaches noise)"
             )
+        if not isinstance(self.loss, YoloLoss):
+            raise UsageError("distillation (`teacher_weights`) supports models with [yolo] heads only")
         if graph is None:
             graph = load_graph(config.teacher_cfg, config.teacher_weights, warn=self.log)
         distiller = Distiller(
@@ -707,7 +730,7 @@ class _Run:
         self.log(
             f"model: {config.cfg or config.weights or config.resume} ({len(graph.layers)} layers, "
             f"{graph.params:,} params, {graph.bflops:.3f} BFLOPs at {net.width}×{net.height}, "
-            f"{self.loss.heads[0].classes if self.loss.heads else '?'} classes); device {self.device}"
+            f"{self.loss.classes} classes); device {self.device}"
         )
         if config.batch is None and opt.integer(net, "batch", 1) <= 1:
             self.warn(
@@ -778,7 +801,7 @@ class _Run:
         self.penalty.start_epoch(state.step / total)
         self.net_model.train()
         started = time.perf_counter()
-        sums = np.zeros(5)
+        sums = np.zeros(6)
         count = 0
         batches = self._loader(dataset, per_rank)
         bar = self._progress(batches, per_epoch)
@@ -812,7 +835,8 @@ class _Run:
             box=float(means[1]),
             obj=float(means[2]),
             cls=float(means[3]),
-            distill=float(means[4]),
+            dfl=float(means[4]),
+            distill=float(means[5]),
             lr=self.schedule(max(0, state.step - 1)),
             small_gamma=fraction_small(self.penalty.gammas()),
             seconds=time.perf_counter() - started,
@@ -835,7 +859,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(5, device=self.device)
+        totals = torch.zeros(6, device=self.device)
         chunks = list(_micro_batches(self._rescaled(images), targets, parts))
         for k, (chunk, rows) in enumerate(chunks):
             syncing = k == len(chunks) - 1 or not isinstance(
@@ -869,7 +893,7 @@ class _Run:
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.config.amp)
 
     def _forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
-        """(total, box, obj, cls, distill) of a micro-batch, the total with gradient."""
+        """(total, box, obj, cls, dfl, distill) of a micro-batch, the total with gradient."""
         with self._autocast():
             outputs = self.net_model(images, keep=self.loss.sources)
         terms = self.loss(outputs, targets)
@@ -878,7 +902,8 @@ class _Run:
             with torch.no_grad(), self._autocast():
                 taught = self.teacher(images, keep=self.teacher_sources)
             kd = self.distiller(outputs, taught)
-        return terms.total + kd, terms.box, terms.obj, terms.cls, kd
+        dfl = terms.dfl if terms.dfl is not None else kd.new_zeros(())
+        return terms.total + kd, terms.box, terms.obj, terms.cls, dfl, kd
 
     # -- outputs --------------------------------------------------------------------------------------------
     def _epoch_outputs(self, record: EpochRecord, output: Path, final: bool, on_epoch) -> None:
@@ -935,8 +960,8 @@ class _Run:
             else ""
         )
         line = (
-            f"epoch {record.epoch}{steps}: loss {record.loss:.4f} (box {record.box:.4f} obj {record.obj:.4f} "
-            f"cls {record.cls:.4f}"
+            f"epoch {record.epoch}{steps}: loss {record.loss:.4f} ("
+            + " ".join(f"{name} {getattr(record, name):.4f}" for name in self.loss.terms)
             + (f" distill {record.distill:.4f}" if self.teacher is not None else "")
             + f"), lr {record.lr:.3g}, |γ|<0.01: {100 * record.small_gamma:.1f}%"
         )

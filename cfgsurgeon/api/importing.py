@@ -11,18 +11,25 @@ from .report import Lines, Report
 
 
 def import_checkpoint(checkpoint: str | Path, *, warn: Callable[[str], None] = quiet) -> Imported:
-    """A YOLOv5 ``.pt`` checkpoint (the ``ultralytics/yolov5`` repository's) as a darknet :class:`Model`,
-    read without that repository and without running anything pickled in the file. ``warn`` receives the
-    generated cfg's warnings. The result's :meth:`Imported.save` writes ``NAME.cfg``, ``NAME.weights`` and
-    ``NAME.names``.
+    """A YOLOv5 ``.pt`` checkpoint (the ``ultralytics/yolov5`` repository's) or a YOLOv8 one (the
+    ``ultralytics`` package's ``DetectionModel``) as a darknet :class:`Model`, read without those packages and
+    without running anything pickled in the file; the checkpoint's model class decides which. YOLOv8's head
+    becomes an ``[anchor_free]`` layer. ``warn`` receives the generated cfg's warnings. The result's
+    :meth:`Imported.save` writes ``NAME.cfg``, ``NAME.weights`` and ``NAME.names``.
 
     >>> imported = import_checkpoint("yolov5n.pt")  # doctest: +SKIP
     >>> imported.save("out")  # doctest: +SKIP
     """
-    from ..ultralytics.yolov5 import import_graph, read_checkpoint
+    from ..ultralytics import yolov5, yolov8
+    from ..ultralytics.pickled import read_pickled
 
-    read = read_checkpoint(checkpoint)
-    graph = import_graph(read, warn)
+    content = read_pickled(checkpoint)
+    if yolov8.is_ultralytics_package(content):
+        v8 = yolov8.read_checkpoint(checkpoint, content)
+        graph = yolov8.import_graph(v8, warn)
+        return Imported(Model(graph), v8.names, Path(checkpoint), v8.model_class, yolov8.multiples(v8))
+    read = yolov5.read_checkpoint(checkpoint)
+    graph = yolov5.import_graph(read, warn)
     multiples = (read.yaml.get("depth_multiple"), read.yaml.get("width_multiple"))
     return Imported(Model(graph), read.names, Path(checkpoint), read.model_class, multiples)
 

@@ -15,9 +15,9 @@ EXTRAS     ?= dev,torch,onnx,openvino,tf
 # extra); `pip check` then reports the missing "tensorflow" harmlessly. TF_LATE= skips them.
 TF_LATE    ?= tf-keras==2.21.0 tensorflow-model-optimization==0.8.1
 # Test-only oracle for YOLOv8 (tests/ultralytics_oracle.py): ultralytics declares torchvision, which must
-# never be installed here (it does not load beside the torch CPU wheel and would pull another torch), so it goes
-# in with --no-deps; its other needs (numpy, opencv, matplotlib, scipy, psutil, requests) come with the extras.
-# The tests put a stand-in torchvision.ops on sys.path. ORACLE_LATE= skips it (the oracle tests then skip).
+# never be installed here (it does not load beside the torch CPU wheel and would pull another torch), so it
+# goes in with --no-deps; its other needs (numpy, opencv, matplotlib, scipy, psutil, requests) come with the
+# extras. The tests put a stand-in torchvision.ops on sys.path. ORACLE_LATE= skips it (those tests then skip).
 ORACLE_LATE ?= ultralytics==8.4.190 ultralytics-thop==2.2.3 pyyaml==6.0.4
 
 .PHONY: venv demo test lint bench clean

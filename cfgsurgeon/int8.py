@@ -13,12 +13,20 @@ real photos prepared exactly as ``detect`` prepares them (``images.load_image`` 
   kernels are built for.
 
 ``keep_float`` keeps chosen convolutional layers in float (NNCF's ignored scope, onnxruntime's excluded
-nodes). The report measures each convolution's output error, float vs int8, on the calibration photos in the
-runtime itself (OpenVINO and ONNX Runtime can both expose intermediate tensors as extra outputs).
+nodes). ``accuracy`` (OpenVINO) runs NNCF's accuracy-aware quantization instead
+(``nncf.quantize_with_accuracy_control``): our evaluator scores mAP@0.5 on a ``.data`` file's valid split
+through the compiled model NNCF hands it (the prediction ``eval --backend openvino`` makes), and while int8
+loses more than ``max_drop`` (absolute), NNCF reverts the next group of operations its ranking names to float.
+The validation function returns each image's raw head outputs as well, so NNCF ranks the groups by how far
+reverting each brings those outputs back toward float's (a smooth score; a single photo's mAP is too coarse).
+
+The report measures each convolution's output error, float vs int8, on the calibration photos in the runtime
+itself (OpenVINO and ONNX Runtime can both expose intermediate tensors as extra outputs).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -89,6 +97,7 @@ class LayerError:
     relative_error: float  # ‖float − int8‖ / ‖float‖
     kept_float: bool
     runs_in: str | None = None  # the precision the runtime executes it in, where it says (OpenVINO)
+    kept_reason: str | None = None  # why it stayed in float: `keep_float`, or the accuracy control's step
 
     def to_dict(self) -> dict:
         return {
@@ -97,7 +106,59 @@ class LayerError:
             "sqnr_db": self.sqnr_db,
             "relative_error": self.relative_error,
             "kept_float": self.kept_float,
+            "kept_reason": self.kept_reason,
             "runs_in": self.runs_in,
+        }
+
+
+@dataclass(frozen=True)
+class AccuracyControl:
+    """NNCF's accuracy-aware quantization: at most ``max_drop`` of mAP@0.5 (absolute) lost on the valid split
+    of the ``.data`` file ``data``, scored by our evaluator."""
+
+    data: Path
+    max_drop: float = 0.01
+
+
+@dataclass(frozen=True)
+class RevertStep:
+    """One step of the accuracy control: the group of operations NNCF's ranking named next, reverted to
+    float (``layers``: the cfg layers they belong to), and the mAP@0.5 of the model after it."""
+
+    layers: list[int]
+    operations: list[str]
+    map50: float
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "operations": self.operations, "mAP50": self.map50}
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """What the accuracy control measured and did: mAP@0.5 of float, of int8 before any reversion and of
+    the model written; its ``steps`` in NNCF's order; the layers ``kept`` in float; NNCF's last word."""
+
+    data: Path
+    images: int
+    max_drop: float
+    float_map50: float
+    int8_map50: float
+    final_map50: float
+    steps: list[RevertStep]
+    kept: list[int]
+    outcome: str
+
+    def to_dict(self) -> dict:
+        return {
+            "data": str(self.data),
+            "images": self.images,
+            "max_drop": self.max_drop,
+            "float_mAP50": self.float_map50,
+            "int8_mAP50": self.int8_map50,
+            "final_mAP50": self.final_map50,
+            "steps": [step.to_dict() for step in self.steps],
+            "kept_float": self.kept,
+            "outcome": self.outcome,
         }
 
 
@@ -112,6 +173,7 @@ class QuantizedFile:
     int8_bytes: int
     layers: list[LayerError]
     method: str
+    accuracy: AccuracyReport | None = None  # with accuracy control
 
 
 def conv_layers(graph: Graph) -> list[L.Layer]:
@@ -132,11 +194,15 @@ def check_keep_float(graph: Graph, keep_float: Sequence[int]) -> list[int]:
     return sorted(set(keep_float))
 
 
-def check_backend(backend: str, output: Path) -> None:
+def check_backend(backend: str, output: Path, accuracy: AccuracyControl | None = None) -> None:
     if backend not in BACKENDS:
         raise UsageError(f"`backend` must be one of {', '.join(BACKENDS)} for int8, got '{backend}'")
     if output.suffix != SUFFIXES[backend]:
         raise UsageError(f"the {backend} int8 output {output} should end in {SUFFIXES[backend]}")
+    if accuracy is not None and backend != "openvino":
+        raise UsageError("`accuracy_control` is NNCF's, for `backend` openvino")
+    if accuracy is not None and not 0 < accuracy.max_drop < 1:
+        raise UsageError(f"`max_drop` is a drop of mAP@0.5, between 0 and 1: got {accuracy.max_drop}")
 
 
 def quantize(
@@ -146,16 +212,19 @@ def quantize(
     output: Path,
     keep_float: Sequence[int] = (),
     progress: bool = False,
+    accuracy: AccuracyControl | None = None,
 ) -> QuantizedFile:
     """Quantize ``graph`` (weights loaded) for ``backend``, calibrated on ``images``, into ``output``
     (``.xml`` + ``.bin`` for openvino, ``.onnx`` for onnxruntime), and measure each conv's output error.
-    ``progress``: NNCF's progress bars on stderr."""
-    check_backend(backend, output)
+    ``progress``: NNCF's progress bars on stderr. ``accuracy``: NNCF's accuracy control (openvino)."""
+    check_backend(backend, output, accuracy)
     kept = check_keep_float(graph, keep_float)
     batches = [network_batch(graph, path) for path in images]  # every photo checked before the slow part
+    validation = None if accuracy is None else _Validation(graph, accuracy.data)  # the data set checked too
     output.parent.mkdir(parents=True, exist_ok=True)
-    run = _openvino if backend == "openvino" else _onnxruntime
-    return run(graph, batches, output, kept, progress)
+    if backend == "onnxruntime":
+        return _onnxruntime(graph, batches, output, kept, progress)
+    return _openvino(graph, batches, output, kept, progress, accuracy, validation)
 
 
 @contextmanager
@@ -175,7 +244,13 @@ def _quiet_libraries(progress: bool = False) -> Iterator[None]:
 
 
 def _openvino(
-    graph: Graph, batches: list[np.ndarray], output: Path, kept: list[int], progress: bool
+    graph: Graph,
+    batches: list[np.ndarray],
+    output: Path,
+    kept: list[int],
+    progress: bool,
+    accuracy: AccuracyControl | None = None,
+    validation: _Validation | None = None,
 ) -> QuantizedFile:
     import nncf
     import openvino as ov
@@ -183,14 +258,18 @@ def _openvino(
     from .emit.openvino import openvino_model, save_openvino
 
     float_model = openvino_model(graph)
-    ignored = nncf.IgnoredScope(names=[f"{_conv_node(i)}/WithoutBiases" for i in kept])
-    with _quiet_libraries(progress):
-        int8_model = nncf.quantize(
-            float_model,
-            nncf.Dataset(batches),
-            preset=nncf.QuantizationPreset.MIXED,
-            subset_size=len(batches),
-            ignored_scope=ignored,
+    options = dict(
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(batches),
+        ignored_scope=nncf.IgnoredScope(names=[f"{_conv_node(i)}/WithoutBiases" for i in kept]),
+    )
+    report = None
+    if accuracy is None or validation is None:
+        with _quiet_libraries(progress):
+            int8_model = nncf.quantize(float_model, nncf.Dataset(batches), **options)
+    else:
+        int8_model, report = _with_accuracy_control(
+            nncf, ov, float_model, batches, accuracy, validation, options, progress
         )
     save_openvino(int8_model, output)
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,10 +283,173 @@ def _openvino(
         _openvino_outputs(ov, int8_model, graph, batches),
     )
     precisions = _openvino_precisions(ov, int8_model)
-    errors = [replace(error, runs_in=precisions.get(error.layer)) for error in errors]
+    reasons = {index: "`keep_float`" for index in kept} | _kept_reasons(report)
+    errors = [
+        replace(
+            error,
+            runs_in=precisions.get(error.layer),
+            kept_float=error.layer in reasons,
+            kept_reason=reasons.get(error.layer),
+        )
+        for error in errors
+    ]
     method = f"NNCF {nncf.__version__}, preset mixed, fast bias correction"
+    if report is not None:
+        method += f", accuracy control (max drop {report.max_drop:g} mAP@0.5)"
     int8_bytes = sum(p.stat().st_size for p in paths)
-    return QuantizedFile("openvino", paths, len(batches), float_bytes, int8_bytes, errors, method)
+    return QuantizedFile("openvino", paths, len(batches), float_bytes, int8_bytes, errors, method, report)
+
+
+# -- accuracy control ----------------------------------------------------------------------------------------
+
+
+class _Validation:
+    """NNCF's validation function: mAP@0.5 of the compiled model NNCF passes, on the items (image indices)
+    it asks for of ``data``'s valid split, by our evaluator (``predict`` with a runner, then ``score``: what
+    ``eval --backend openvino --model`` computes), plus each image's raw head outputs."""
+
+    def __init__(self, graph: Graph, data: Path) -> None:
+        from .detect import _common_classes, head_layers
+        from .train.dataset import DetectionDataset, read_data_file
+
+        spec = read_data_file(data)
+        classes = _common_classes(head_layers(graph))
+        if classes != spec.classes:
+            raise UsageError(f"classes={spec.classes}, but the model has {classes} classes", str(spec.source))
+        self.graph, self.names = graph, spec.names
+        self.dataset = DetectionDataset.from_data(spec, "valid", graph, augment=False)
+        if self.dataset.missing_labels == len(self.dataset):
+            raise UsageError("no image of the valid split has a label file to score against", str(data))
+
+    def network_input(self, index: int) -> np.ndarray:
+        """NNCF's transform of an item: the image as the evaluator feeds it, a 1×C×H×W batch."""
+        return self.dataset.sample(index)[0][None]
+
+    def __call__(self, compiled, items) -> tuple[float, list[list[np.ndarray]]]:
+        from .train.evaluate import predict, score
+
+        indices = list(items)
+        subset = copy.copy(self.dataset)  # the same preparation, on the chosen photos
+        subset.images = [self.dataset.images[i] for i in indices]
+        subset.labels = [self.dataset.labels[i] for i in indices]
+        request = compiled.create_infer_request()
+        outputs: list[list[np.ndarray]] = []
+
+        def run(batch: np.ndarray) -> list[np.ndarray]:
+            heads = [np.array(value) for value in request.infer({0: batch}).to_tuple()]
+            outputs.append(heads)
+            return heads
+
+        found, truths = predict(self.graph, subset, runner=run)
+        return float(score(found, truths, self.names).mAP50), outputs
+
+
+def _with_accuracy_control(
+    nncf,
+    ov,
+    float_model,
+    batches: list[np.ndarray],
+    accuracy: AccuracyControl,
+    validation: _Validation,
+    options: dict,
+    progress: bool,
+) -> tuple[object, AccuracyReport]:
+    """``nncf.quantize_with_accuracy_control``; NNCF logs what it reverts (at INFO), read back here."""
+    items = list(range(len(validation.dataset)))
+    scores: list[float] = []
+
+    def validate(compiled, chosen) -> tuple[float, list[list[np.ndarray]]]:
+        chosen = list(chosen)
+        map50, outputs = validation(compiled, chosen)
+        if len(chosen) == len(items):
+            scores.append(map50)  # float, int8, then one per step, in NNCF's order
+        return map50, outputs
+
+    restorer = nncf.AdvancedAccuracyRestorerParameters(num_ranking_workers=1)  # no extra processes
+    with _quiet_libraries(progress), _nncf_messages() as messages:
+        int8_model = nncf.quantize_with_accuracy_control(
+            float_model,
+            nncf.Dataset(batches),
+            nncf.Dataset(items, validation.network_input),
+            validate,
+            max_drop=accuracy.max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            advanced_accuracy_restorer_parameters=restorer,
+            **options,
+        )
+    compiled = ov.Core().compile_model(int8_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    final = validation(compiled, items)[0]
+    return int8_model, _accuracy_report(accuracy, len(items), scores, messages, final)
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _nncf_messages() -> Iterator[list[str]]:
+    """NNCF's INFO messages, kept instead of printed (its own handler writes to the real stdout)."""
+    logger = logging.getLogger("nncf")
+    handlers = [(handler, handler.level) for handler in logger.handlers]
+    level, capture = logger.level, _Messages()
+    for handler, _ in handlers:
+        handler.setLevel(logging.ERROR)
+    logger.setLevel(logging.INFO)
+    logger.addHandler(capture)
+    try:
+        yield capture.messages
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(level)
+        for handler, handler_level in handlers:
+            handler.setLevel(handler_level)
+
+
+_REVERTED = re.compile(r"Reverted \d+ operations to the floating-point precision:")
+_FINAL = re.compile(r"\d+ out of \d+ were reverted back to the floating-point precision:")
+_OUTCOME = ("Algorithm completed", "The algorithm could not achieve", "All layers have been checked")
+
+
+def _layers_of(operations: list[str]) -> list[int]:
+    return sorted({int(m.group(1)) for op in operations if (m := re.search(r"/blocks\.(\d+)/", op))})
+
+
+def _accuracy_report(
+    accuracy: AccuracyControl, images: int, scores: list[float], messages: list[str], final: float
+) -> AccuracyReport:
+    """The steps NNCF logged (each followed by one full validation), the operations it left in float."""
+    reverted = [m.split("\n")[1:] for m in messages if _REVERTED.match(m)]
+    ops = [[op.strip() for op in group if op.strip()] for group in reverted]
+    steps = [
+        RevertStep(_layers_of(group), group, score) for group, score in zip(ops, scores[2:], strict=False)
+    ]
+    finals = [m.split("\n")[1:] for m in messages if _FINAL.match(m)]
+    kept_ops = [op.strip() for op in finals[-1] if op.strip()] if finals else [op for g in ops for op in g]
+    said = [m.splitlines()[0] for m in messages if m.startswith(_OUTCOME)]
+    outcome = said[-1] if said else f"int8 was within {accuracy.max_drop:g} of float: nothing to revert"
+    return AccuracyReport(
+        accuracy.data, images, accuracy.max_drop, scores[0], scores[1], final, steps, _layers_of(kept_ops),
+        outcome,
+    )  # fmt: skip
+
+
+def _kept_reasons(report: AccuracyReport | None) -> dict[int, str]:
+    """Per layer the accuracy control left in float: the step of NNCF's ranking that reverted it."""
+    if report is None:
+        return {}
+    reasons = {}
+    for number, step in enumerate(report.steps, 1):
+        for layer in step.layers:
+            if layer in report.kept and layer not in reasons:
+                reasons[layer] = (
+                    f"accuracy control step {number} (NNCF's ranking): mAP@0.5 then {step.map50:.4f}"
+                )
+    return reasons
 
 
 def _openvino_outputs(ov, model, graph: Graph, batches: list[np.ndarray]) -> list[dict[int, np.ndarray]]:

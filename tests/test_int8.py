@@ -294,6 +294,44 @@ def test_wrong_suffix_and_keep_float_are_one_line(quantized: Quantized, tmp_path
     assert result.output.strip() == "Error: --keep-float: layer 1 is not a convolutional layer of the model"
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--accuracy-control"],
+            "--accuracy-control needs --data: a .data file whose valid split scores mAP@0.5",
+        ),
+        (["--data", "{data}"], "--data scores the accuracy control: give --accuracy-control too"),
+        (
+            ["--accuracy-control", "--data", "{data}", "--max-drop", "1.5"],
+            "--max-drop is a drop of mAP@0.5, between 0 and 1: got 1.5",
+        ),
+        (
+            ["--accuracy-control", "--data", "{data}", "--backend", "onnxruntime", "-o", "{tmp}/m.onnx"],
+            "--accuracy-control is NNCF's, for --backend openvino",
+        ),
+        (
+            ["--accuracy-control", "--data", "{tmp}/two.data"],
+            "{tmp}/two.data: classes=2, but the model has 3 classes",
+        ),
+        (
+            ["--accuracy-control", "--data", "{tmp}/none.data"],
+            "{tmp}/none.data: cannot read the data file (No such file or directory)",
+        ),
+    ],
+)
+def test_accuracy_control_mistakes_are_one_line(quantized: Quantized, tmp_path: Path, args, message: str):
+    (tmp_path / "two.data").write_text(f"classes=2\nvalid={quantized.data.parent / 'valid.txt'}\n")
+    fill = {"data": quantized.data, "tmp": tmp_path}
+    result = run("quantize", "--cfg", quantized.cfg, "--weights", quantized.weights, "--backend", "openvino",
+                 "--calibration", quantized.data.parent / "train", "-o", tmp_path / "out.xml",
+                 *[arg.format(**fill) for arg in args])  # fmt: skip
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: " + message.format(**fill)), result.output
+    assert not (tmp_path / "out.xml").exists()
+
+
 MISSING = [("openvino", "nncf", "openvino"), ("onnxruntime", "onnxruntime", "onnx")]
 
 

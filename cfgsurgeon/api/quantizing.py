@@ -14,7 +14,7 @@ from ..files import refuse_overwrite
 from .report import Report
 
 if TYPE_CHECKING:
-    from ..int8 import LayerError, QuantizedFile
+    from ..int8 import AccuracyControl, AccuracyReport, LayerError, QuantizedFile
     from ..ir import Graph
 
 
@@ -34,14 +34,20 @@ class Quantizing:
         calibration: str | Path,
         subset: int | None = 300,
         keep_float: Sequence[int] = (),
+        accuracy_control: bool = False,
+        data: str | Path | None = None,
+        max_drop: float = 0.01,
         progress: bool = False,
     ) -> Quantized:
         """Post-training static INT8 (``cfgsurgeon quantize``): ``backend`` openvino (NNCF, ``output`` a
         ``.xml``, its ``.bin`` beside it) or onnxruntime (QDQ, ``output`` a ``.onnx``), activation ranges
         calibrated on the first ``subset`` photos of ``calibration`` (an image list or a folder), prepared as
-        :meth:`detect` prepares them. ``keep_float``: conv layer indices left in float. ``progress``: NNCF's
-        bars on stderr. Returns what was written and each conv's error, float vs int8 (:class:`Quantized`);
-        ``cfgsurgeon.int8`` says which options are used and why.
+        :meth:`detect` prepares them. ``keep_float``: conv layer indices left in float. ``accuracy_control``
+        (openvino): NNCF's accuracy-aware quantization, scored by our evaluator (mAP@0.5) on the valid split
+        of the ``.data`` file ``data``; groups of operations go back to float, in NNCF's ranking order, until
+        int8 loses at most ``max_drop`` (absolute). ``progress``: NNCF's bars on stderr. Returns what was
+        written and each conv's error, float vs int8 (:class:`Quantized`); ``cfgsurgeon.int8`` says which
+        options are used and why.
 
         >>> model.quantize("int8.xml", calibration="valid.txt", subset=100).paths  # doctest: +SKIP
         [PosixPath('int8.xml'), PosixPath('int8.bin')]
@@ -50,20 +56,34 @@ class Quantizing:
         from ..int8 import quantize as quantize_graph
 
         output = Path(output)
-        check_backend(backend, output)
+        accuracy = _accuracy_control(accuracy_control, data, max_drop)
+        check_backend(backend, output, accuracy)
         if not self.has_weights:
             raise UsageError("int8 quantization needs trained weights (`weights`)")
         images = calibration_images(calibration, subset)
         outputs = [output, output.with_suffix(".bin")] if backend == "openvino" else [output]
-        refuse_overwrite(outputs, [self.cfg, self.weights, Path(calibration), *images])
+        inputs = [self.cfg, self.weights, Path(calibration), *images, accuracy and accuracy.data]
+        refuse_overwrite(outputs, inputs)
         try:
-            written = quantize_graph(self.graph, backend, images, output, keep_float, progress)
+            written = quantize_graph(self.graph, backend, images, output, keep_float, progress, accuracy)
         except ImportError as exc:
             from ..runtimes import install_hint
 
             message = f"`backend` {backend} int8 needs the package '{exc.name}': {install_hint(exc.name)}"
             raise UsageError(message) from None
         return Quantized(written)
+
+
+def _accuracy_control(enabled: bool, data: str | Path | None, max_drop: float) -> AccuracyControl | None:
+    from ..int8 import AccuracyControl
+
+    if not enabled:
+        if data is not None:
+            raise UsageError("`data` scores the accuracy control: give `accuracy_control` too")
+        return None
+    if data is None:
+        raise UsageError("`accuracy_control` needs `data`: a .data file whose valid split scores mAP@0.5")
+    return AccuracyControl(Path(data), max_drop)
 
 
 class Quantized(Report):
@@ -105,8 +125,14 @@ class Quantized(Report):
         return list(self.written.layers)
 
     @property
+    def accuracy(self) -> AccuracyReport | None:
+        """With accuracy control: mAP@0.5 float / int8 / written, NNCF's steps and the layers kept."""
+        return self.written.accuracy
+
+    @property
     def data(self) -> dict:
-        """The ``--json`` object (an infinite SQNR, an exact layer, is null)."""
+        """The ``--json`` object (an infinite SQNR, an exact layer, is null); ``kept_float`` lists the
+        layers left in float with the reason of each."""
         return {
             "backend": self.backend,
             "paths": [str(path) for path in self.paths],
@@ -114,6 +140,8 @@ class Quantized(Report):
             "calibration_images": self.images,
             "float_bytes": self.float_bytes,
             "int8_bytes": self.int8_bytes,
+            "kept_float": [{"layer": e.layer, "reason": e.kept_reason} for e in self.layers if e.kept_float],
+            "accuracy_control": None if self.accuracy is None else self.accuracy.to_dict(),
             "layers": [
                 {key: None if isinstance(v, float) and math.isinf(v) else v for key, v in e.to_dict().items()}
                 for e in self.layers
@@ -138,4 +166,20 @@ class Quantized(Report):
                 f"{error.layer:>5}  {error.description:<12} {error.sqnr_db:>8.2f} "
                 f"{error.relative_error:>10.4f}  {runs_in}"
             )
+        return lines + self._accuracy_lines()
+
+    def _accuracy_lines(self) -> list[str]:
+        report = self.accuracy
+        if report is None:
+            return []
+        lines = [
+            f"accuracy control on {report.data} (valid split, {report.images} images, max drop "
+            f"{report.max_drop:g} mAP@0.5): float {report.float_map50:.4f}, int8 {report.int8_map50:.4f}, "
+            f"written {report.final_map50:.4f}",
+        ]
+        for number, step in enumerate(report.steps, 1):
+            layers = ", ".join(map(str, step.layers)) or ", ".join(step.operations)
+            lines.append(f"  step {number}: NNCF reverted layers {layers} to float: mAP@0.5 {step.map50:.4f}")
+        kept = ", ".join(map(str, report.kept)) or "none"
+        lines.append(f"  kept in float: {kept} ({report.outcome})")
         return lines

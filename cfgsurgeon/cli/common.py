@@ -52,6 +52,7 @@ def load_model(cfg: Path | None, weights: Path | None = None, checkpoint: bool |
 
 # The flag of each library parameter that a UsageError names (as `name`); a name not listed stays as it is.
 FLAGS = {
+    "accuracy_control": "--accuracy-control",
     "backend": "--backend",
     "block": "--block-size",
     "calibration": "--calibration",
@@ -62,6 +63,7 @@ FLAGS = {
     "format": "--format",
     "importance_images": "--importance-images",
     "keep_float": "--keep-float",
+    "max_drop": "--max-drop",
     "method": "--method",
     "model": "--model",
     "names": "--names",

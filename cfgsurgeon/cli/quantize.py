@@ -52,6 +52,27 @@ def _layer_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     help="Convolutional layers (numbers, comma separated, as `inspect` lists them) to leave in float.",
 )
 @click.option(
+    "--accuracy-control",
+    "accuracy_control",
+    is_flag=True,
+    help="openvino: NNCF's accuracy-aware quantization: our evaluator scores mAP@0.5 on the valid split of "
+    "--data, and the groups of operations NNCF ranks as costliest go back to float until int8 loses at "
+    "most --max-drop; the report lists them and why.",
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="--accuracy-control: the darknet .data file whose valid split scores the model.",
+)
+@click.option(
+    "--max-drop",
+    "max_drop",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="--accuracy-control: the most mAP@0.5 (absolute, 0.01 = one point) int8 may lose against float.",
+)
+@click.option(
     "-o",
     "--output",
     "output",
@@ -67,6 +88,9 @@ def quantize(
     calibration: Path,
     subset: int,
     keep_float: tuple[int, ...],
+    accuracy_control: bool,
+    data: Path | None,
+    max_drop: float,
     output: Path,
     as_json: bool,
 ) -> None:
@@ -76,7 +100,8 @@ def quantize(
     calibration photos. Prints what was written, the float and int8 sizes, and per convolution how far its
     int8 output is from the float one on the calibration photos (SQNR in dB: higher is closer; relative
     error = |float - int8| / |float|) and, for OpenVINO, the precision its CPU plugin runs it in (u8/i8:
-    int8 kernels; f32: a fallback).
+    int8 kernels; f32: a fallback). With --accuracy-control: mAP@0.5 of float, int8 and the file written,
+    and each group NNCF reverted to float, in its ranking's order.
     """
     report = load_model(cfg, weights).quantize(
         output,
@@ -84,6 +109,9 @@ def quantize(
         calibration=calibration,
         subset=subset,
         keep_float=keep_float,
+        accuracy_control=accuracy_control,
+        data=data,
+        max_drop=max_drop,
         progress=True,
     )
     click.echo(report.json() if as_json else str(report))

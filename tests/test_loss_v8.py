@@ -215,3 +215,16 @@ def test_distillation_of_a_v8_head_is_refused_in_one_line(tiny_v8, tmp_path):
     cfg, _ = tiny_v8
     with pytest.raises(UsageError, match=r"distillation \(`teacher_weights`\) supports models with \[yolo\]"):
         _train_tiny(tiny_v8, tmp_path / "kd", teacher_cfg=cfg, teacher_weights=tmp_path / "teacher.weights")
+
+
+def test_a_model_with_two_kinds_of_head_is_refused_in_one_line(tmp_path):
+    from cfgsurgeon.errors import UsageError
+    from cfgsurgeon.ir import load_cfg
+    from cfgsurgeon.train.trainer import loss_for
+
+    conv = "[route]\nlayers=4\n\n[convolutional]\nfilters=24\nsize=1\nactivation=linear\n\n"
+    yolo = "[yolo]\nmask=0,1,2\nanchors=4,5, 8,9, 12,13\nclasses=3\nnum=3\n"
+    cfg = tmp_path / "both.cfg"
+    cfg.write_text(_tiny_v8_cfg() + "\n" + conv + yolo)
+    with pytest.raises(UsageError, match=r"has \[\w+\] and \[\w+\] heads: training supports one kind"):
+        loss_for(load_cfg(cfg, warn=lambda m: None))

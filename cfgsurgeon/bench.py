@@ -11,13 +11,13 @@ By default the models are measured one after the other, each runner released bef
 change in the machine's load during the benchmark weighs on every model alike: fairer ratios on a shared
 machine, at the cost of holding every model in memory.
 
-Threads: ``threads`` (default: every CPU this process may use) is passed to every runtime, so the backends
-and the models are compared on the same number of threads, and the figure printed is the one used.
+Threads: ``threads`` (default: :func:`cfgsurgeon.runtimes.default_threads`, the idle CPUs this process may
+use) is passed to every runtime, so the backends and the models are compared on the same number of threads,
+and the figure printed is the one used.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import UsageError
 from .ir import Graph, load_cfg
+from .runtimes import default_threads
 
 Warn = Callable[[str], None]
 
@@ -59,14 +60,6 @@ class LoadedModel:
     weights: str | None
     random_weights: bool
     model: Path | None = None
-
-
-def default_threads() -> int:
-    """Every CPU this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def prepare_graph(

@@ -8,6 +8,8 @@ Without ``model_path`` the model is exported from the graph (its weights must be
 
 from __future__ import annotations
 
+import functools
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,19 +39,19 @@ def _open(model: Path, what: str, load: Callable[[], T]) -> T:
 def _torch(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     import torch
 
-    from .emit.torch import to_torch
+    from .emit.torch import channels_last, inference_model
 
     if model is not None:
         raise UsageError("`backend` torch runs the cfg and weights directly; `model` is for exported models")
     if threads:
         torch.set_num_threads(threads)
-    net = to_torch(graph)
+    net = inference_model(graph)
     keep = [layer.index for layer in head_layers(graph)]
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = channels_last(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         with torch.inference_mode():
-            return [out.numpy() for out in net(x, keep=keep)]
+            return [np.ascontiguousarray(out.numpy()) for out in net(x, keep=keep)]
 
     return run
 
@@ -185,14 +187,32 @@ BACKENDS: dict[str, Callable[[Graph, Path | None, int | None], Runner]] = {
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tflite")  # the runtimes whose latency `bench` measures
 
 
+@functools.cache
+def default_threads() -> int:
+    """The threads a runtime gets unless told otherwise: the CPUs this process may run on (its affinity
+    mask, not the machine's count) less those other work keeps busy (the 1-minute load average, our own
+    share of it not counted), at least 1; decided once per process. Every backend, ``bench`` and ``detect``
+    use this one rule: a runtime with more threads than idle CPUs waits at each barrier for a thread the OS
+    has descheduled (torch on 2 threads of a busy 2-core machine: ~10× slower than on one, see
+    benchmarks/README.md)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(cpus, cpus + 1 - busy))
+
+
 def make_runner(
     graph: Graph, backend: str = "torch", model: Path | None = None, threads: int | None = None
 ) -> Runner:
+    """The ``backend``'s runner for ``graph`` (or the exported ``model``) on ``threads`` (default:
+    :func:`default_threads`)."""
     factory = BACKENDS.get(backend)
     if factory is None:
         raise UsageError(f"unknown backend '{backend}' (choose from {', '.join(sorted(BACKENDS))})")
     try:
-        return factory(graph, model, threads)
+        return factory(graph, model, threads or default_threads())
     except ImportError as exc:
         raise UsageError(
             f"`backend` {backend} needs the package '{exc.name}': {install_hint(exc.name)}"

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from cfgsurgeon import Model
+from cfgsurgeon.calibration import calibration_images, network_batch
 from cfgsurgeon.cli import main
 from cfgsurgeon.errors import UsageError
-from cfgsurgeon.int8 import calibration_images, network_batch
 from tests.conftest import MODELS_DIR, ZOO, need_shared
 
 pytest.importorskip("openvino")

@@ -52,7 +52,8 @@ class Quantizing:
         >>> model.quantize("int8.xml", calibration="valid.txt", subset=100).paths  # doctest: +SKIP
         [PosixPath('int8.xml'), PosixPath('int8.bin')]
         """
-        from ..int8 import calibration_images, check_backend
+        from ..calibration import calibration_images
+        from ..int8 import check_backend
         from ..int8 import quantize as quantize_graph
 
         output = Path(output)

@@ -33,7 +33,7 @@ def calibration_batches(graph: Graph, paths: list[Path]) -> Iterator[np.ndarray]
     """Each photo as the network sees it in ``detect``, as a 1×C×H×W batch (a progress bar on a terminal)."""
     from tqdm import tqdm
 
-    from ..int8 import network_batch
+    from ..calibration import network_batch
 
     for path in tqdm(paths, desc="int8 calibration", unit="image", disable=None, leave=False):
         yield network_batch(graph, path)
@@ -85,10 +85,10 @@ def write_tflite(
     count: int = 300,
 ) -> int:
     """Write the ``.tflite`` file (atomically); returns its size in bytes. ``calibration_source``: an image
-    list or a folder of photos (:func:`cfgsurgeon.int8.calibration_images`), its first ``count`` used."""
+    list or a folder of photos (:func:`cfgsurgeon.calibration.calibration_images`), its first ``count``."""
     calibration = None
     if calibration_source is not None:
-        from ..int8 import calibration_images
+        from ..calibration import calibration_images
 
         paths = calibration_images(calibration_source, count)
         calibration = lambda: calibration_batches(graph, paths)  # noqa: E731 - called once per conversion

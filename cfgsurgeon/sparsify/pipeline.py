@@ -102,8 +102,8 @@ def prune_graph(graph: Graph, options: Options, note: Note = lambda _: None) -> 
 def _sample(graph: Graph, options: Options) -> tuple[np.ndarray, str]:
     """The input the TFLite error is measured on: the first calibration photo, else seeded noise."""
     if options.calibration is not None:
+        from ..calibration import calibration_images
         from ..emit.tflite import calibration_batches
-        from ..int8 import calibration_images
 
         path = calibration_images(options.calibration, 1)[0]
         return next(calibration_batches(graph, [path])), str(path)
@@ -116,9 +116,9 @@ def tflite_section(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the sparse ``.tflite``; its error vs float Keras, dense/sparse latency; dense/sparse sizes."""
     from ..bench import default_threads, measure
+    from ..calibration import calibration_images
     from ..emit.keras import run_keras, to_keras
     from ..emit.tflite import TFLiteModel, calibration_batches, tflite_bytes
-    from ..int8 import calibration_images
 
     calibration = None
     if options.calibration is not None:

@@ -151,6 +151,18 @@ def test_yolov8n_matches_ultralytics(ultralytics: ModuleType, yolov8n: Path) -> 
     assert graph.layers[-1].strides == [8, 16, 32]
 
 
+def test_a_checkpoint_saved_after_fuse_matches_ultralytics(
+    ultralytics: ModuleType, yolov8n: Path, tmp_path: Path
+) -> None:
+    """``predict`` fuses the model it runs (BN into the conv's bias); ``YOLO.save`` then writes it fused."""
+    yolo = ultralytics.YOLO(yolov8n)
+    yolo.model.fuse(verbose=False)
+    fused = tmp_path / "fused.pt"
+    yolo.save(fused)
+    graph = check_against_ultralytics(ultralytics, fused, "yolov8n saved fused")
+    assert not any(isinstance(layer, L.Convolutional) and layer.batch_normalize for layer in graph.layers)
+
+
 @pytest.mark.slow
 def test_yolov8s_matches_ultralytics(ultralytics: ModuleType, tmp_path: Path) -> None:
     checkpoint = build_checkpoint(ultralytics, "yolov8s.yaml", tmp_path / "yolov8s.pt")

@@ -7,7 +7,8 @@ rounded up to multiples of 8); every module becomes darknet sections written as 
 own parser:
 
 * ``Conv`` → ``[convolutional] batch_normalize=1`` with the module's activation (SiLU → ``swish``; an
-  ``Identity``, e.g. SPPF's cv1 in ultralytics 8.4, → ``linear``); BN epsilon folded as for YOLOv5;
+  ``Identity``, e.g. SPPF's cv1 in ultralytics 8.4, → ``linear``); BN epsilon folded as for YOLOv5; a
+  model saved after ``fuse()`` (BN already in the conv's bias) → ``[convolutional]`` with that bias;
 * ``C2f`` → cv1, a ``[route] groups=2 group_id=1`` (the second half, which the bottlenecks chain on), the
   bottlenecks (3×3, 3×3, ``[shortcut]`` when they add), a ``[route]`` of cv1 (both halves, in order) and every
   bottleneck's output, cv2;
@@ -364,6 +365,7 @@ def import_graph(checkpoint: Checkpoint, warn: Callable[[str], None]) -> Graph:
     """The checkpoint as a darknet :class:`Graph` (with ``[anchor_free]``) and its weights."""
     modules = expand_yaml(checkpoint.yaml, checkpoint.path)
     net = to_darknet(modules, checkpoint.head, _activation(checkpoint), checkpoint.path)  # type: ignore[arg-type]
+    _take_fused_convs(net, checkpoint)
     graph = loads_cfg(cfg_text(net), f"{checkpoint.path.name} (imported)", warn)
     used: set[str] = set()
     for index, source in net.sources.items():
@@ -382,6 +384,17 @@ def import_graph(checkpoint: Checkpoint, warn: Callable[[str], None]) -> Graph:
         )
     graph.weights_header = WeightsHeader()
     return graph
+
+
+def _take_fused_convs(net: Sections, checkpoint: Checkpoint) -> None:
+    """A model saved after ``fuse()`` (as ``predict`` leaves it) holds each Conv's BN folded into its conv's
+    bias: such a section becomes a conv with a bias, taking the tensors of ``<Conv>.conv``."""
+    for index, source in net.sources.items():
+        path = source.path
+        fused = f"{path}.bn" not in checkpoint.modules and f"{path}.conv.bias" in checkpoint.state
+        if source.batch_normalize and fused:
+            net.sections[index] = net.sections[index].replace("batch_normalize=1\n", "", 1)
+            net.sources[index] = ConvSource(f"{path}.conv", batch_normalize=False)
 
 
 def multiples(checkpoint: Checkpoint) -> tuple[float, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import IO
 
 from ..files import atomic_output
 from ..ir import Graph
@@ -30,34 +31,40 @@ def _expm1(g, x):
 
 def onnx_bytes(graph: Graph, dynamic_batch: bool = False) -> bytes:
     """Serialised ONNX model of ``graph`` (weights must be loaded)."""
+    buffer = io.BytesIO()
+    _export(graph, buffer, dynamic_batch)
+    return buffer.getvalue()
+
+
+def write_onnx(graph: Graph, path: str | Path, dynamic_batch: bool = False) -> None:
+    with atomic_output(path) as out:  # straight into the file: no serialised copy held in Python
+        _export(graph, out, dynamic_batch)
+
+
+def _export(graph: Graph, out: IO[bytes], dynamic_batch: bool) -> None:
+    """Trace the torch backend into ``out``. Its batch norms are folded first (as the exporter's own
+    eval-mode pass would do, but that pass keeps the unfolded tensors alive beside the folded copies: one
+    more copy of the weights at the peak; ``benchmarks/bench_export.py``)."""
     import torch
 
-    from .torch import to_torch
+    from .torch import fold_batch_norms, to_torch
 
     torch.onnx.register_custom_op_symbolic("aten::expm1", _expm1, OPSET)
 
-    model = to_torch(graph)
+    model = fold_batch_norms(to_torch(graph))
     c, h, w = graph.input_shape
     example = torch.zeros(1, c, h, w)
     names = output_names(graph)
     axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]} if dynamic_batch else None
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the tracer's notes on Python-side shape arithmetic; shapes are static
+    with warnings.catch_warnings(), torch.no_grad():  # the tracer's notes on Python-side shape arithmetic
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
             (example,),
-            buffer,
+            out,
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
             output_names=names,
             dynamic_axes=axes,
         )
-    return buffer.getvalue()
-
-
-def write_onnx(graph: Graph, path: str | Path, dynamic_batch: bool = False) -> None:
-    data = onnx_bytes(graph, dynamic_batch)
-    with atomic_output(path) as out:
-        out.write(data)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..ir import Graph
-from .onnx import onnx_bytes
+from .onnx import write_onnx
 
 
 def openvino_model(graph: Graph, dynamic_batch: bool = False):
@@ -22,7 +22,7 @@ def openvino_model(graph: Graph, dynamic_batch: bool = False):
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        onnx_path.write_bytes(onnx_bytes(graph, dynamic_batch))
+        write_onnx(graph, onnx_path, dynamic_batch)
         return ov.convert_model(str(onnx_path))
 
 

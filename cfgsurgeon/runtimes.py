@@ -37,6 +37,10 @@ def _open(model: Path, what: str, load: Callable[[], T]) -> T:
 
 
 def _torch(graph: Graph, model: Path | None, threads: int | None) -> Runner:
+    # OpenMP threads that spin at barriers burn the CPU the working thread needs when the machine is busy:
+    # yolov4-tiny on 2 threads under load took 5.8x OpenCV's CPU time spinning, 0.95x passive
+    # (benchmarks/README.md). Read once, when torch loads OpenMP: effective if torch is first imported here.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from .emit.torch import channels_last, inference_model

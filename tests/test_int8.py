@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,13 +42,13 @@ def run(*args: object):
     return CliRunner().invoke(main, [str(arg) for arg in args])
 
 
-def run_apart(*args: object) -> subprocess.CompletedProcess:
+def run_apart(*args: object, timeout: int = 600) -> subprocess.CompletedProcess:
     """The command in a process of its own. NNCF's quantization runs only this way here: in the default
     single-process test run, after NNCF had quantized in it (and test_convert … test_iterate had run), a
     later torch test in test_keras died with a segmentation fault (three times on 2026-12-07; never with
     either alone)."""
     command = [sys.executable, "-m", "cfgsurgeon", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +293,62 @@ def test_wrong_suffix_and_keep_float_are_one_line(quantized: Quantized, tmp_path
     )
     result = run(*common, "--backend", "openvino", "--keep-float", "1", "-o", tmp_path / "m.xml")
     assert result.output.strip() == "Error: --keep-float: layer 1 is not a convolutional layer of the model"
+
+
+def self_labelled(quantized: Quantized, folder: Path) -> Path:
+    """A .data whose valid photos are labelled with the float model's own five likeliest boxes each: float
+    scores a high mAP@0.5 there (0.875), and int8, whose probabilities move a little, ranks them lower."""
+    folder.mkdir()
+    photos = calibration_images(quantized.data.parent / "valid.txt")
+    found = Model.load(quantized.cfg, quantized.weights).detect(photos, thresh=0.05)
+    for photo, result in zip(photos, found.results, strict=True):
+        shutil.copy(photo, folder / photo.name)
+        (w, h), best = result.size, sorted(result.detections, key=lambda d: -d.prob)[:5]
+        rows = [f"{d.class_id} {(x + bw / 2) / w} {(y + bh / 2) / h} {bw / w} {bh / h}"
+                for d in best for x, y, bw, bh in [d.box]]  # fmt: skip
+        (folder / photo.name).with_suffix(".txt").write_text("\n".join(rows) + "\n")
+    (folder / "valid.txt").write_text("".join(f"{photo.name}\n" for photo in photos))
+    (folder / "self.data").write_text("classes=3\nvalid=valid.txt\n")
+    return folder / "self.data"
+
+
+def test_accuracy_control_reverts_layers_to_float_and_says_which(quantized: Quantized, tmp_path: Path):
+    import openvino as ov
+
+    data = self_labelled(quantized, tmp_path / "self")
+    xml = tmp_path / "ac.xml"
+    common = ("--cfg", quantized.cfg, "--weights", quantized.weights, "--backend", "openvino")
+    calibration = ("--calibration", quantized.data.parent / "train", "--subset", 6)
+    result = run_apart("quantize", *common, *calibration, "--accuracy-control", "--data", data,
+                       "--max-drop", 0.001, "-o", xml, "--json", timeout=3000)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    control = report["accuracy_control"]
+    assert control["images"] == 4 and control["max_drop"] == 0.001
+    # the figures NNCF acted on are eval's, through eval's own runner on the files
+    float_xml = tmp_path / "float.xml"
+    Model.load(quantized.cfg, quantized.weights).export("openvino", float_xml)
+    scored = {}
+    for name, model in (("float", float_xml), ("written", xml)):
+        evaluated = run("eval", "--cfg", quantized.cfg, "--data", data, "--backend", "openvino", "--model",
+                        model, "--json")  # fmt: skip
+        assert evaluated.exit_code == 0, evaluated.output
+        scored[name] = json.loads(evaluated.stdout)["mAP50"]
+    assert control["float_mAP50"] == pytest.approx(scored["float"], abs=1e-9)
+    assert control["final_mAP50"] == pytest.approx(scored["written"], abs=1e-9)
+    assert control["int8_mAP50"] < control["float_mAP50"] - 0.001  # so NNCF had to revert something
+    assert control["steps"] and all(step["layers"] for step in control["steps"])
+    assert control["final_mAP50"] >= control["float_mAP50"] - 0.001
+    kept = [row["layer"] for row in report["kept_float"]]
+    assert kept == control["kept_float"] and all(row["reason"] for row in report["kept_float"])
+    # OpenVINO's own view of the written file: the kept convolutions run in f32
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    runs_in = {
+        op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    }
+    assert kept and all(runs_in[f"/blocks.{layer}/conv/Conv/WithoutBiases"] == "f32" for layer in kept)
 
 
 @pytest.mark.parametrize(

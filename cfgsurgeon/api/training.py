@@ -58,6 +58,11 @@ class Training:
         distill_weight: float = 1.0,
         distill_temperature: float = 1.0,
         ema: float = 0.0,
+        qat: str | None = None,
+        qat_bits: int | None = None,
+        qat_calibration: int = 8,
+        qat_freeze_bn: float = 0.5,
+        qat_freeze_ranges: float = 0.75,
         amp: bool = False,
         device: str = "auto",
         seed: int = 0,
@@ -76,7 +81,9 @@ class Training:
         as ``cfgsurgeon train`` does; the options are its flags, ``None`` meaning "as the cfg's [net] says".
         Without weights the model starts from scratch (seeded init). ``weights``: start from these instead
         (``.weights`` or ``.pt``, also of another class count: the layers that do not match start as from
-        scratch and a warning names them). ``teacher``: a model with weights to distill from.
+        scratch and a warning names them). ``teacher``: a model with weights to distill from. ``qat``:
+        quantization-aware training (``int8``, ``dorefa`` with ``qat_bits``, ``pow2``; see
+        :mod:`cfgsurgeon.train.qat`), which also writes ``NAME_int8.onnx`` (QDQ, the learned scales).
 
         Returns :class:`Trained` (written paths, the history, the best valid metrics, the trained model as
         ``.model``); ``self`` is left as it was. Under ``torchrun`` the same call runs DDP.
@@ -282,6 +289,7 @@ class Trained(Report):
         self.step_losses = result.step_losses  # the global batch's per-image loss, per optimizer step
         self.stopped = result.stopped  # why the run ended early (patience), else None
         self.plots = result.plots
+        self.int8 = result.int8  # NAME_int8.onnx of a quantization-aware run (QDQ), else None
         self.warnings = warnings
 
     @property
@@ -309,7 +317,8 @@ class Trained(Report):
         last = self.epochs[-1] if self.epochs else None
         summary = f", final loss {last.loss:.4f}" if last else ""
         best = f"; best valid mAP@0.5 in {self.best}" if self.best else ""
-        return [f"wrote {self.weights} and {self.checkpoint}{summary}{best}"]
+        int8 = f"; int8 model {self.int8}" if self.int8 else ""
+        return [f"wrote {self.weights} and {self.checkpoint}{summary}{best}{int8}"]
 
 
 class Sparsified(Report):

@@ -8,7 +8,14 @@ import click
 
 from ..emit.quantization import QUANTIZE
 from ..errors import UsageError
-from ..train.options import DISTILL_MODES, LR_POLICIES, OPTIMIZERS, SPARSITY_SCHEDULES, SPARSITY_SCOPES
+from ..train.options import (
+    DISTILL_MODES,
+    LR_POLICIES,
+    OPTIMIZERS,
+    QAT_SCHEMES,
+    SPARSITY_SCHEDULES,
+    SPARSITY_SCOPES,
+)
 from . import main
 from .common import CFG, WEIGHTS_REQUIRED, load_model
 
@@ -132,6 +139,36 @@ from .common import CFG, WEIGHTS_REQUIRED, load_model
     help="Evaluate and write a moving average of the weights with this decay (it averages about "
     "1/(1-decay) steps: e.g. 0.99 for a few hundred steps, 0.9999 for long runs); 0: off. Resumable; "
     "last.pt holds the average as its model and the live weights for --resume.",
+)
+@click.option(
+    "--qat",
+    type=click.Choice(QAT_SCHEMES),
+    help="Quantization-aware training from the starting weights: int8 (per-channel weights with BN folded, "
+    "per-tensor activations), dorefa (k-bit, --bits) or pow2 (int8 with power-of-two scales: shifts). Also "
+    "writes NAME_int8.onnx (QDQ with the learned scales) for ONNX Runtime and OpenVINO; the .weights stay "
+    "float.",
+)
+@click.option("--bits", "qat_bits", type=click.IntRange(2, 8), help="--qat dorefa: bit width (default 4).")
+@click.option(
+    "--qat-calibration",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1),
+    help="--qat: batches that start the activation ranges (float model).",
+)
+@click.option(
+    "--qat-freeze-bn",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="--qat: share of the run after which BN statistics freeze (the conv runs folded from then on).",
+)
+@click.option(
+    "--qat-freeze-ranges",
+    default=0.75,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="--qat: share of the run after which the activation ranges stop moving.",
 )
 @click.option("--amp", is_flag=True, help="Mixed precision: bf16 autocast on CPU, fp16 + GradScaler on CUDA.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")

@@ -15,6 +15,7 @@ SPARSITY_SCHEDULES = ("constant", "global-decay", "local-decay", "layer-decay")
 SPARSITY_SCOPES = ("normal", "shortcut", "slim", "all")  # the prune methods' channel sets, or every BN layer
 DISTILL_MODES = ("soft", "detection")
 SPLITS = ("valid", "train")  # the image lists of a .data file that can be scored
+QAT_SCHEMES = ("int8", "dorefa", "pow2")  # quantization-aware training (train/qat.py)
 
 _NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 

@@ -21,7 +21,8 @@ plus a ``"train"`` entry with the optimizer, scaler and counters, written every 
 and at the end; ``resume=`` continues from it), ``<cfg name>.weights`` (final darknet weights) with a copy
 of the cfg beside it, ``gamma/epoch_NNN.png`` (|γ| histograms of the penalised BN channels) and
 ``history.json`` with ``history.png`` (loss, lr, validation mAP and sparsity per epoch); with ``eval_every``
-also ``best.pt`` and ``<cfg name>_best.weights`` (the epoch of highest validation mAP@0.5).
+also ``best.pt`` and ``<cfg name>_best.weights`` (the epoch of highest validation mAP@0.5); with ``qat``
+(quantization-aware training, :mod:`cfgsurgeon.train.qat`) also ``<cfg name>_int8.onnx``, the QDQ model.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the same call runs DDP, gloo on CPU and nccl on CUDA,
 each rank taking ``batch / world`` images of every step through a ``DistributedSampler`` (the union over
@@ -41,6 +42,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ from .loss import YoloLoss, yolo_heads
 from .loss_v8 import AnchorFreeLoss
 from .monitor import DivergenceGuard, EarlyStop, ProgressLines, TrainingStopped, format_duration, plot_history
 from .options import LR_POLICIES, OPTIMIZERS
+from .qat import attach as attach_quantization
 from .sparsity import (
     ChannelFade,
     Schedule,
@@ -130,6 +133,11 @@ class TrainConfig:
     diverge_steps: int = 10  # ... for this many consecutive steps counts as divergence
     log_every: float = 30.0  # seconds between progress lines when stderr is not a terminal
     multiscale: bool | None = None  # darknet's random=1 input sizes; None: as the cfg's heads say
+    qat: str | None = None  # int8 | dorefa | pow2: quantization-aware training (train/qat.py); None: off
+    qat_bits: int | None = None  # dorefa's bit width (default 4); int8 and pow2 are 8-bit
+    qat_calibration: int = 8  # batches that start the activation ranges, quantization off
+    qat_freeze_bn: float = 0.5  # share of the run after which BN statistics are frozen (folded for good)
+    qat_freeze_ranges: float = 0.75  # share of the run after which the activation ranges stop moving
 
 
 @dataclass
@@ -164,6 +172,7 @@ class TrainResult:
     plots: list[Path] = field(default_factory=list)
     best: Path | None = None  # best.pt of the highest validation mAP@0.5 (with eval_every)
     stopped: str | None = None  # why the run ended before its last step (early stopping)
+    int8: Path | None = None  # the QDQ ONNX model of a quantization-aware run
 
 
 # -- schedules ---------------------------------------------------------------------------------------------
@@ -582,6 +591,7 @@ class _Run:
         )
         self.fade = ChannelFade(self.model, self.graph, config.fade or {})
         self.average = self._average()
+        self.qat = attach_quantization(self.model, config, ranks.world)
         self.optimizer = make_optimizer(self.model, self.graph, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
         self.teacher, self.distiller = self._teacher(teacher)
@@ -644,6 +654,8 @@ class _Run:
         self.optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
+        if self.qat is not None:
+            self.qat.load(saved["qat"])
         state = self.state
         state.epoch, state.step, state.epoch_step = saved["epoch"], saved["step"], saved["epoch_step"]
         state.step_losses, state.epochs = list(saved["step_losses"]), list(saved["epochs"])
@@ -693,6 +705,9 @@ class _Run:
         self.lines.start(self.state.step)
         self.plots: list[Path] = []
         state = self.state
+        if self.qat is not None and state.step == 0:
+            batches = (images.to(self.device) for images, _, _ in self._loader(dataset, per_rank))
+            self.qat.calibrate(islice(batches, config.qat_calibration))
         try:
             while state.step < total:
                 record = self._epoch(dataset, per_rank, parts, per_epoch, total)
@@ -766,6 +781,8 @@ class _Run:
                 f"fade: the γ of {self.fade.channels} BN channels in {len(self.fade.targets)} layers shrink "
                 "linearly to 0 over the run (prune-aware training)"
             )
+        if self.qat is not None:
+            lines.append(self.qat.describe())
         if self.average is not None:
             lines.append(
                 f"ema: the moving average of the weights (decay {self.average.decay:g}, about "
@@ -809,6 +826,8 @@ class _Run:
         for images, targets, _ in bar:
             if state.step >= total:
                 break
+            if self.qat is not None:
+                self.qat.at_step(state.step, total)
             lr = self._step(images, targets, parts, state.step / total)
             self.fade.apply(state.step, total)
             if self.average is not None:
@@ -989,6 +1008,8 @@ class _Run:
         if self.average is not None:  # the file's model is the average; training continues from these
             live = {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
             extra["train"].update(live=live, ema_updates=self.average.updates)
+        if self.qat is not None:
+            extra["train"]["qat"] = self.qat.state()
         save_checkpoint(self.deployed, path, extra)
 
     def _save_best(self, output: Path) -> None:
@@ -1044,6 +1065,8 @@ class _Run:
         self._write_history(output)
         if (output / "best.pt").exists() and self.valid is not None:
             result.best = output / "best.pt"
+        if self.qat is not None:
+            result.int8 = self.qat.export(output / f"{self._stem()}_int8.onnx")
         return result
 
 

@@ -27,6 +27,7 @@ itself (OpenVINO and ONNX Runtime can both expose intermediate tensors as extra 
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import logging
 import math
@@ -43,8 +44,10 @@ import numpy as np
 from . import layers as L
 from .calibration import calibration_images, network_batch  # noqa: F401 - calibration_images re-exported
 from .emit.heads import INPUT_NAME
+from .emit.openvino import compile_model
 from .errors import UsageError
 from .ir import Graph
+from .signal_stack import kept_signal_stack
 
 BACKENDS = ("openvino", "onnxruntime")
 SUFFIXES = {"openvino": ".xml", "onnxruntime": ".onnx"}
@@ -230,13 +233,15 @@ def _openvino(
         ignored_scope=nncf.IgnoredScope(names=[f"{_conv_node(i)}/WithoutBiases" for i in kept]),
     )
     report = None
-    if accuracy is None or validation is None:
-        with _quiet_libraries(progress):
-            int8_model = nncf.quantize(float_model, nncf.Dataset(batches), **options)
-    else:
-        int8_model, report = _with_accuracy_control(
-            nncf, ov, float_model, batches, accuracy, validation, options, progress
-        )
+    with kept_signal_stack():  # NNCF compiles with OpenVINO Cores of its own
+        if accuracy is None or validation is None:
+            with _quiet_libraries(progress):
+                int8_model = nncf.quantize(float_model, nncf.Dataset(batches), **options)
+        else:
+            int8_model, report = _with_accuracy_control(
+                nncf, ov, float_model, batches, accuracy, validation, options, progress
+            )
+        gc.collect()  # those Cores go while the stack they found is still put back after them
     save_openvino(int8_model, output)
     with tempfile.TemporaryDirectory() as tmp:
         save_openvino(float_model, Path(tmp) / "float.xml")
@@ -343,7 +348,7 @@ def _with_accuracy_control(
             advanced_accuracy_restorer_parameters=restorer,
             **options,
         )
-    compiled = ov.Core().compile_model(int8_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_model(int8_model)
     final = validation(compiled, items)[0]
     return int8_model, _accuracy_report(accuracy, len(items), scores, messages, final)
 
@@ -429,7 +434,7 @@ def _openvino_outputs(ov, model, graph: Graph, batches: list[np.ndarray]) -> lis
         if _conv_node(layer.index) in ops
     }
     outputs = model.add_outputs([op.output(0) for op in taps.values()])
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_model(model)
     first = len(compiled.outputs) - len(outputs)  # the extra outputs come after the model's own
     request = compiled.create_infer_request()
     results = []
@@ -442,7 +447,7 @@ def _openvino_outputs(ov, model, graph: Graph, batches: list[np.ndarray]) -> lis
 def _openvino_precisions(ov, model) -> dict[int, str]:
     """Per conv layer, the precision OpenVINO's CPU plugin runs it in (u8/i8: int8 kernels; f32: it fell
     back, e.g. where a concat joins tensors quantized differently)."""
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_model(model)
     found = {}
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()

@@ -304,8 +304,10 @@ def test_frozen_graph_matches_torch_large(isolated_slow: tuple[dict, dict], case
 
 def _openvino_outputs(pb: Path, names: list[str], x: np.ndarray) -> list[np.ndarray]:
     ov = pytest.importorskip("openvino")
+    from cfgsurgeon.emit.openvino import compile_model
+
     model = ov.convert_model(str(pb))
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_model(model)
     results = compiled({0: x})
     by_name = {name: results[out] for out in compiled.outputs for name in out.get_names()}
     return [np.asarray(by_name[f"{name}:0"] if f"{name}:0" in by_name else by_name[name]) for name in names]

@@ -48,11 +48,15 @@ def save_openvino(model, xml_path: str | Path, fp16: bool = False) -> None:
         staged.replace(xml_path)
 
 
-def compile_model(xml_path: str | Path, threads: int | None = None):
-    """Compile for the CPU with exact f32 inference."""
+def compile_model(model, threads: int | None = None):
+    """Compile ``model`` (an IR or ONNX file, or an ``openvino.Model``) for the CPU with exact f32 inference,
+    leaving the calling thread's alternate signal stack as it was (:mod:`cfgsurgeon.signal_stack`)."""
     import openvino as ov
+
+    from ..signal_stack import kept_signal_stack
 
     config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return ov.Core().compile_model(str(xml_path), "CPU", config)
+    with kept_signal_stack():
+        return ov.Core().compile_model(str(model) if isinstance(model, str | Path) else model, "CPU", config)

@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=FULL.train_images)
     parser.add_argument("--valid-images", type=int, default=FULL.valid_images)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default=",".join(RUNS), help="which fine-tunes (float is always run)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the demo: tiny convolutions, a shared CPU, repeatable
     args.out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,8 @@ def main() -> None:
     ).data_file
     start = args.start or float_start(data, args.out, args.seed)
     start_map = Model.load(DEFAULT_CFG, start).evaluate(data).mAP50
-    rows = [fine_tune(name, data, start, args.out, args) for name in RUNS]
+    names = ["float", *(name for name in args.runs.split(",") if name != "float")]
+    rows = [fine_tune(name, data, start, args.out, args) for name in names]
     base = rows[0]["map50"]
     for row in rows[1:]:
         row["ratio"] = row["map50"] / base

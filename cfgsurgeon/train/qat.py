@@ -17,7 +17,8 @@ through (the straight-through estimator; values clipped by a range get none).
   shift (FPGAs without multipliers for it).
 * ``dorefa`` (Zhou et al., 2016): ``k``-bit weights ``2·round_k(tanh w / 2max|tanh w| + ½) − 1`` (2^k
   levels, odd multiples of ``1/(2^k − 1)``), rescaled per channel by ``max|w|`` so that a convolution
-  without batch norm (the heads) keeps its magnitude; activations ``k``-bit over their moving range.
+  without batch norm keeps its magnitude; activations ``k``-bit over their moving range. The first
+  convolution and those feeding the heads stay int8, as DoReFa's authors keep the first and last layers.
   Gradients are not quantized (that part of DoReFa is for training hardware). The levels are written into
   int8, which holds ``k`` up to 7.
 
@@ -307,6 +308,16 @@ class ConvQuantization:
     levels: int  # activations use the uint8 codes 0 … levels
 
 
+def _ends(graph: Graph) -> set[int]:
+    """The first convolution and those feeding the detection heads, which DoReFa keeps at 8 bits (its
+    authors leave the first and last layers unquantized: at 4 bits the heads' logits would have 16 values)."""
+    from ..emit.heads import head_layers
+
+    convs = [layer.index for layer in graph.layers if isinstance(layer, L.Convolutional)]
+    feeding = {graph.index_of(node) for head in head_layers(graph) for node in head.inputs}
+    return {convs[0], *(index for index in feeding if index in convs)} if convs else set()
+
+
 def quantizable(graph: Graph) -> list[int]:
     """The layers that get fake quantization: every convolutional layer; one line for those that cannot."""
     found = []
@@ -331,13 +342,17 @@ class Quantization:
         self.model, self.scheme = model, scheme
         self.freeze_bn, self.freeze_ranges = freeze_bn, freeze_ranges
         self.convs: dict[int, QuantizedConv] = {}
+        self.eight_bit = _ends(model.graph) if scheme.name == "dorefa" else set()
         for index in quantizable(model.graph):
             block = model.blocks[index]
             block.__class__ = QuantizedBlock
-            block.quantized = self.convs[index] = QuantizedConv(scheme)
+            kept = Scheme("int8", 8) if index in self.eight_bit else scheme
+            block.quantized = self.convs[index] = QuantizedConv(kept)
 
     def describe(self) -> str:
         bits = f", {self.scheme.bits}-bit" if self.scheme.name == "dorefa" else ""
+        if self.eight_bit:
+            bits += f" (int8: layers {', '.join(map(str, sorted(self.eight_bit)))}, the first and the heads')"
         return (
             f"qat: {self.scheme.name}{bits} fake quantization of {len(self.convs)} convolutions (inputs and "
             f"outputs per tensor, weights per channel); BN frozen after {self.freeze_bn:.0%} of the run, "
@@ -402,7 +417,7 @@ class Quantization:
             factor, bias = _fold(block)
             input_scale, input_zero = q.input.grid()
             weights, scale = quantized_weights(
-                block.conv.weight, factor, self.scheme, scale_floor(bias, input_scale)
+                block.conv.weight, factor, q.scheme, scale_floor(bias, input_scale)
             )
             output_scale, output_zero = q.output.grid()
             step = input_scale * scale
@@ -416,7 +431,7 @@ class Quantization:
                     bias=_integers(bias / step, np.int32),
                     output_scale=output_scale,
                     output_zero=output_zero,
-                    levels=self.scheme.activation_levels,
+                    levels=q.scheme.activation_levels,
                 )
             )
         return found

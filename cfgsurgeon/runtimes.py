@@ -47,8 +47,7 @@ def _torch(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 
     if model is not None:
         raise UsageError("`backend` torch runs the cfg and weights directly; `model` is for exported models")
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or default_threads())
     net = inference_model(graph)
     keep = [layer.index for layer in head_layers(graph)]
 
@@ -66,8 +65,7 @@ def _onnxruntime(graph: Graph, model: Path | None, threads: int | None) -> Runne
     from .emit.onnx import onnx_bytes
 
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or default_threads()
 
     def session_of(source: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -91,10 +89,12 @@ def _openvino(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     if model is None:
         with tempfile.TemporaryDirectory() as tmp:
             write_openvino(graph, Path(tmp) / "model.xml")
-            compiled = compile_model(Path(tmp) / "model.xml", threads)
+            compiled = compile_model(Path(tmp) / "model.xml", threads or default_threads())
     else:
         compiled = _open(
-            model, "an OpenVINO IR (.xml) OpenVINO can read", lambda: compile_model(model, threads)
+            model,
+            "an OpenVINO IR (.xml) OpenVINO can read",
+            lambda: compile_model(model, threads or default_threads()),
         )
     _check_outputs(graph, [_output_name(out, graph) for out in compiled.outputs], model)
     shape = compiled.inputs[0].get_partial_shape()
@@ -111,7 +111,7 @@ def _openvino(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 def _tf1(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     from .emit.tf1 import tf1_runner
 
-    return tf1_runner(graph, model, threads)
+    return tf1_runner(graph, model, threads or default_threads())
 
 
 def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
@@ -119,6 +119,7 @@ def _keras(graph: Graph, model: Path | None, threads: int | None) -> Runner:
 
     from .emit.keras import load_keras, to_keras, traced_forward
 
+    # TensorFlow sizes its pools once per process: only an explicit count is applied (and refused if late)
     if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -140,9 +141,9 @@ def _tflite(graph: Graph, model: Path | None, threads: int | None) -> Runner:
     from .emit.tflite import TFLiteModel, tflite_bytes
 
     if model is None:
-        net = TFLiteModel(tflite_bytes(graph), threads)
+        net = TFLiteModel(tflite_bytes(graph), threads or default_threads())
     else:
-        net = _open(model, "a TFLite model", lambda: TFLiteModel(model, threads))
+        net = _open(model, "a TFLite model", lambda: TFLiteModel(model, threads or default_threads()))
     expected = output_names(graph)
     if sorted(net.output_names) != sorted(expected):
         raise UsageError(
@@ -211,12 +212,12 @@ def make_runner(
     graph: Graph, backend: str = "torch", model: Path | None = None, threads: int | None = None
 ) -> Runner:
     """The ``backend``'s runner for ``graph`` (or the exported ``model``) on ``threads`` (default:
-    :func:`default_threads`)."""
+    :func:`default_threads`; for keras, TensorFlow's pools as they are)."""
     factory = BACKENDS.get(backend)
     if factory is None:
         raise UsageError(f"unknown backend '{backend}' (choose from {', '.join(sorted(BACKENDS))})")
     try:
-        return factory(graph, model, threads or default_threads())
+        return factory(graph, model, threads)
     except ImportError as exc:
         raise UsageError(
             f"`backend` {backend} needs the package '{exc.name}': {install_hint(exc.name)}"

@@ -195,6 +195,11 @@ CASES = {
     "anchors=1,1,2,2\nscale_x_y=1.1",
     "yolo new_coords": CONV + "filters=14\nsize=1\nactivation=logistic\n\n[yolo]\nclasses=2\nnum=2\n"
     "mask=0,1\nanchors=1,1,2,2\nnew_coords=1\nscale_x_y=2.0",
+    "anchor_free": CONV
+    + "filters=10\nsize=1\nactivation=linear\n\n"
+    + CONV
+    + "filters=10\nsize=3\nstride=2\npad=1\nactivation=linear\n\n"
+    "[anchor_free]\nlayers=-2,-1\nclasses=2\nreg_max=2\nstrides=2,4",
     "Gaussian_yolo": CONV + "filters=22\nsize=1\nactivation=linear\n\n[Gaussian_yolo]\nclasses=2\nnum=2\n"
     "mask=0,1\nanchors=1,1,2,2\nscale_x_y=1.05",
     "region": CONV + "filters=21\nsize=1\nactivation=linear\n\n[region]\nclasses=2\nnum=3\ncoords=4\n"

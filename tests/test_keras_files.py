@@ -63,6 +63,8 @@ CUSTOM = {
     "Reorg": "reorg 2",
     "HeadAct": "yolo",
     "GaussianHeadAct": "Gaussian_yolo",
+    "DistributionHeadAct": "anchor_free",
+    "AnchorFreeBoxes": "anchor_free",
     "RegionAct": "region",
     "Softmax": "softmax groups temperature",
     "DetectionSoftmax": "detection softmax",

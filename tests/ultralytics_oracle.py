@@ -17,6 +17,8 @@ import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -72,7 +74,25 @@ def _import_ultralytics() -> ModuleType | str:
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ.setdefault("YOLO_CONFIG_DIR", str(settings))
     os.environ.setdefault("YOLO_VERBOSE", "False")
-    return importlib.import_module("ultralytics")
+    with _kept_globals():
+        return importlib.import_module("ultralytics")
+
+
+@contextmanager
+def _kept_globals() -> Iterator[None]:
+    """Undo what importing ultralytics changes for the whole process: it replaces ``PIL.Image.open`` (its
+    HEIC fallback then asks for ``pi_heif`` on any unreadable photo, which turned our one-line "cannot read
+    the image" errors into "needs the package 'pi_heif'"), ``torch.save``, and OpenCV's thread count."""
+    import cv2
+    import torch
+    from PIL import Image
+
+    kept = (Image.open, torch.save, cv2.getNumThreads())
+    try:
+        yield
+    finally:
+        Image.open, torch.save = kept[:2]
+        cv2.setNumThreads(kept[2])
 
 
 def ultralytics_or_skip() -> ModuleType:

@@ -261,10 +261,12 @@ def predict(
 
     from ..detect import detections as decode_detections
     from ..detect import head_layers
-    from ..emit.torch import to_torch
+    from ..runtimes import make_runner
     from .dataset import make_loader, to_corners
 
-    net = None if runner is not None else model if isinstance(model, torch.nn.Module) else to_torch(model)
+    if runner is None and not isinstance(model, torch.nn.Module):
+        runner = make_runner(model, "torch")  # what detect runs (BN folded), so eval scores detect's boxes
+    net = None if runner is not None else model
     graph: Graph = model if net is None else net.graph
     keep = [layer.index for layer in head_layers(graph)]
     net_wh = (graph.net.width, graph.net.height)

@@ -141,7 +141,10 @@ def check_against_ultralytics(ultralytics: ModuleType, checkpoint: Path, label: 
     theirs, found = ultralytics_boxes(decoded), our_boxes(graph, ours[0])
     assert 0 < len(theirs) < 1000, len(theirs)
     assert [k for k, _ in found] == [k for k, _ in theirs]
-    np.testing.assert_allclose([b for _, b in found], [b for _, b in theirs], atol=1e-2 * SIZE / 640)
+    # the same boxes: each coordinate within the forward's 1e-4 relative (a box edge at 80 px moved 0.005 px
+    # when torch ran on another thread count), or within 1/100 px scaled to the input, whichever is larger
+    boxes = np.array([b for _, b in found]), np.array([b for _, b in theirs])
+    np.testing.assert_allclose(*boxes, rtol=TOLERANCE, atol=1e-2 * SIZE / 640)
     return graph
 
 

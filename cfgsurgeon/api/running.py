@@ -234,8 +234,8 @@ def bench(
     path, gets seeded random weights) or ``ModelSpec(cfg, weights, model)`` (``model``: a file exported
     for ``backend``, an int8 one too, which holds its weights: the cfg alone is enough, and ``size`` None
     or the file's). Each runs ``warmup`` untimed and ``runs`` timed passes of one random ``batch`` of
-    ``size``² (None: the cfg's size) through ``backend``'s runner with ``threads`` (default: every CPU);
-    ``interleave`` alternates the models run by run.
+    ``size``² (None: the cfg's size) through ``backend``'s runner with ``threads`` (default:
+    ``runtimes.default_threads``); ``interleave`` alternates the models run by run.
     ``progress``: bars on stderr (on a terminal); ``log`` gets each model's input and BFLOPs.
 
     >>> print(bench([Model.load("a.cfg"), Model.load("b.cfg")], runs=20))  # doctest: +SKIP

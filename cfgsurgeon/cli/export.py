@@ -135,7 +135,8 @@ def export(
 @click.option(
     "--threads",
     type=click.IntRange(1),
-    help="Threads for the runtime (default: every CPU this process may use); the table states it.",
+    help="Threads for the runtime (default: the CPUs this process may use that the load leaves idle, at "
+    "least 1); the table states it.",
 )
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1), help="Images per pass.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights and input.")

@@ -334,7 +334,11 @@ def train(
 @click.option(
     "--warmup", default=3, show_default=True, type=click.IntRange(0), help="Untimed TFLite runs first."
 )
-@click.option("--threads", type=click.IntRange(1), help="TFLite threads for the latency (default: all CPUs).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="TFLite threads for the latency (default: the idle CPUs, at least 1).",
+)
 @click.option(
     "-o",
     "--output",

@@ -132,12 +132,22 @@ def expand_yaml(yaml: dict, source: Path) -> list[Module]:
         rows = list(yaml["backbone"]) + list(yaml["head"])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise UsageError(f"the checkpoint's model.yaml lacks a YOLOv5 entry ({exc!r})", source) from None
+    return expand_rows(rows, source, lambda *row: _expand_row(*row, scaling))
+
+
+RowExpander = Callable[[int, Any, int, str, list, list[int]], "Module"]
+
+
+def expand_rows(rows: list, source: Path, expand_row: RowExpander) -> list[Module]:
+    """Each yaml row ``[from, repeats, module, args]`` through ``expand_row(index, from, repeats, module,
+    args, channels)``, which appends the module's output channels to ``channels``; a malformed row or a
+    refused module is one line naming ``source``."""
     channels: list[int] = []
     modules: list[Module] = []
     for index, row in enumerate(rows):
         try:
             origin, repeats, kind, args = row
-            modules.append(_expand_row(index, origin, int(repeats), str(kind), list(args), channels, scaling))
+            modules.append(expand_row(index, origin, int(repeats), str(kind), list(args), channels))
         except (TypeError, ValueError, IndexError) as exc:
             raise UsageError(
                 f"the checkpoint's model.yaml layer {index} is malformed ({exc})", source

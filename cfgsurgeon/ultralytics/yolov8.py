@@ -47,6 +47,7 @@ from .yolov5 import (
     _make_divisible,
     _names,
     cfg_text,
+    expand_rows,
 )
 
 MODEL_CLASS = "ultralytics.nn.tasks.DetectionModel"
@@ -120,19 +121,7 @@ def expand_yaml(yaml: dict, source: Path) -> list[Module]:
         rows = list(yaml["backbone"]) + list(yaml["head"])
     except (KeyError, TypeError) as exc:
         raise UsageError(f"the checkpoint's model.yaml lacks a YOLOv8 entry ({exc!r})", source) from None
-    channels: list[int] = []
-    modules: list[Module] = []
-    for index, row in enumerate(rows):
-        try:
-            origin, repeats, kind, args = row
-            modules.append(_expand_row(index, origin, int(repeats), str(kind), list(args), channels, scale))
-        except (TypeError, ValueError, IndexError) as exc:
-            raise UsageError(
-                f"the checkpoint's model.yaml layer {index} is malformed ({exc})", source
-            ) from None
-        except UsageError as exc:
-            raise UsageError(exc.message, source) from None
-    return modules
+    return expand_rows(rows, source, lambda *row: _expand_row(*row, scale))
 
 
 def _expand_row(

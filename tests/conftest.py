@@ -207,3 +207,27 @@ def nano_config(nano: tuple[Path, Path], out: Path, **overrides):
     )
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+# Bad calibration input for quantize and the TFLite export (one reader, cfgsurgeon.calibration): how to make
+# it in a folder d, and the start of the one-line error naming it.
+BAD_CALIBRATION = [
+    (lambda d: d / "missing.txt", "{d}/missing.txt: no such calibration image list or folder"),
+    (
+        lambda d: (d / "empty.txt").write_text("\n") and d / "empty.txt",
+        "{d}/empty.txt: the calibration list names no image",
+    ),  # fmt: skip
+    (
+        lambda d: (d / "gone.txt").write_text("nothere.jpg\n") and d / "gone.txt",
+        "{d}/gone.txt:1: no such image file 'nothere.jpg'",
+    ),  # fmt: skip
+    (lambda d: (d / "sub").mkdir() or d / "sub", "{d}/sub: the calibration folder holds no image"),
+    (
+        lambda d: (
+            (d / "bad.jpg").write_text("not a photo")
+            and (d / "bad.txt").write_text("bad.jpg\n")
+            and d / "bad.txt"
+        ),
+        "{d}/bad.jpg: cannot read the image",
+    ),  # fmt: skip
+]

@@ -22,7 +22,7 @@ from cfgsurgeon import Model
 from cfgsurgeon.calibration import calibration_images, network_batch
 from cfgsurgeon.cli import main
 from cfgsurgeon.errors import UsageError
-from tests.conftest import MODELS_DIR, ZOO, need_shared
+from tests.conftest import BAD_CALIBRATION, MODELS_DIR, ZOO, need_shared
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -248,29 +248,7 @@ def test_a_list_is_read_relative_to_its_folder(tmp_path: Path, nano):
     assert listed == [data.parent / line for line in lines]
 
 
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda d: d / "missing.txt", "{d}/missing.txt: no such calibration image list or folder"),
-        (
-            lambda d: (d / "empty.txt").write_text("\n") and d / "empty.txt",
-            "{d}/empty.txt: the calibration list names no image",
-        ),  # fmt: skip
-        (
-            lambda d: (d / "gone.txt").write_text("nothere.jpg\n") and d / "gone.txt",
-            "{d}/gone.txt:1: no such image file 'nothere.jpg'",
-        ),  # fmt: skip
-        (lambda d: (d / "sub").mkdir() or d / "sub", "{d}/sub: the calibration folder holds no image"),
-        (
-            lambda d: (
-                (d / "bad.jpg").write_text("not a photo")
-                and (d / "bad.txt").write_text("bad.jpg\n")
-                and d / "bad.txt"
-            ),
-            "{d}/bad.jpg: cannot read the image",
-        ),  # fmt: skip
-    ],
-)
+@pytest.mark.parametrize(("make", "message"), BAD_CALIBRATION)
 def test_bad_calibration_input_is_one_line(quantized: Quantized, tmp_path: Path, make, message: str):
     source = make(tmp_path)
     result = run("quantize", "--cfg", quantized.cfg, "--weights", quantized.weights, "--backend", "openvino",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import MISH_TOLERANCE, REPORT, SHARED_MARK, ZOO, mish_error, mish_probe, quiet
+from conftest import BAD_CALIBRATION, MISH_TOLERANCE, REPORT, SHARED_MARK, ZOO, mish_error, mish_probe, quiet
 
 from cfgsurgeon import UsageError, load_cfg, read_weights
 
@@ -183,29 +183,7 @@ def test_int8_calibration_takes_a_folder_or_a_list(nano_weights, tmp_path: Path)
     assert (tmp_path / "folder.tflite").read_bytes() == (tmp_path / "list.tflite").read_bytes()
 
 
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda d: d / "missing.txt", "{d}/missing.txt: no such calibration image list or folder"),
-        (
-            lambda d: (d / "empty.txt").write_text("\n") and d / "empty.txt",
-            "{d}/empty.txt: the calibration list names no image",
-        ),  # fmt: skip
-        (
-            lambda d: (d / "gone.txt").write_text("nothere.jpg\n") and d / "gone.txt",
-            "{d}/gone.txt:1: no such image file 'nothere.jpg'",
-        ),  # fmt: skip
-        (lambda d: (d / "sub").mkdir() or d / "sub", "{d}/sub: the calibration folder holds no image"),
-        (
-            lambda d: (
-                (d / "bad.jpg").write_text("not a photo")
-                and (d / "bad.txt").write_text("bad.jpg\n")
-                and d / "bad.txt"
-            ),
-            "{d}/bad.jpg: cannot read the image",
-        ),  # fmt: skip
-    ],
-)
+@pytest.mark.parametrize(("make", "message"), BAD_CALIBRATION)
 def test_bad_calibration_input_is_one_line(nano_weights, tmp_path: Path, make, message: str) -> None:
     """The same reader and the same messages as ``quantize`` (tests/test_int8.py)."""
     cfg, weights, _ = nano_weights
